@@ -1,0 +1,3 @@
+"""nnlab: train, compare and understand neural networks from the command line."""
+
+__version__ = "0.1.0"

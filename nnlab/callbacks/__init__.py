@@ -1,0 +1,1 @@
+"""Lightning callbacks nnlab adds to runs."""

@@ -1,0 +1,191 @@
+"""Compose nnlab's Hydra configs and turn every way they can be wrong into a clear UserError."""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from nnlab.errors import UserError, choice_error, did_you_mean
+from nnlab.schemas import SCHEMAS, TrainSchema
+
+PRIMARY = "train"
+
+
+def conf_dir() -> Path:
+    """The packaged conf/ directory (nnlab.conf inside a wheel, ./conf in an editable install)."""
+    return Path(str(files("nnlab.conf")))
+
+
+def groups() -> dict[str, list[str]]:
+    """Every config group and its choices, read from the conf/ tree."""
+    root = conf_dir()
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(root.iterdir())
+        if d.is_dir() and not d.name.startswith("_") and any(d.glob("*.yaml"))
+    }
+
+
+def default_choices() -> dict[str, str]:
+    """group → default choice, from the defaults list of train.yaml."""
+    defaults = OmegaConf.load(conf_dir() / f"{PRIMARY}.yaml").defaults
+    return {k: v for entry in defaults if isinstance(entry, DictConfig) for k, v in entry.items()}
+
+
+def _split(override: str) -> tuple[str, str]:
+    if "=" not in override:
+        raise UserError(
+            f"Bad override '{override}': overrides look like key=value, for example "
+            f"model=cnn or optimizer.lr=0.01 (see `nnlab config --list`)."
+        )
+    key, value = override.split("=", 1)
+    return key.strip(), value
+
+
+def _check_override_keys(overrides: list[str]) -> None:
+    """Unknown groups, choices and keys, reported before Hydra's own (less helpful) errors."""
+    known_groups = groups()
+    group_overrides = []
+    for override in overrides:
+        key, value = _split(override)
+        if key.startswith(("+", "~")) or "." in key:
+            continue
+        if key in known_groups:
+            if value not in known_groups[key]:
+                raise choice_error(f"{key} choice", value, known_groups[key])
+            group_overrides.append(override)
+        elif key not in _top_level_keys():
+            raise choice_error("config key", key, [*known_groups, *_top_level_keys()])
+    base = _compose(group_overrides)
+    for override in overrides:
+        key, _ = _split(override)
+        if key.startswith(("+", "~")) or "." not in key:
+            continue
+        node: Any = base
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            # keys() also holds mandatory (???) keys, which `in` alone reports as absent.
+            if not isinstance(node, DictConfig) or part not in node.keys():
+                where = ".".join(parts[:depth]) or "the config"
+                options = list(node.keys()) if isinstance(node, DictConfig) else []
+                hint = f" Keys in {where}: {', '.join(map(str, options))}." if options else ""
+                raise UserError(
+                    f"Unknown key '{key}': '{part}' is not in {where}.{hint}"
+                    + did_you_mean(part, map(str, options))
+                )
+            if depth < len(parts) - 1:
+                node = node[part]
+
+
+def _top_level_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainSchema)]
+
+
+def _compose(overrides: list[str], hydra_node: bool = False) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            return compose(PRIMARY, overrides=overrides, return_hydra_config=hydra_node)
+    except (HydraException, OmegaConfBaseException) as err:
+        # Anything _check_override_keys did not foresee (bad override syntax, mostly).
+        raise UserError(f"Cannot apply overrides {' '.join(overrides)}: {err}") from None
+
+
+def compose_config(overrides: list[str] | None = None) -> tuple[DictConfig, dict[str, str]]:
+    """The validated train config for `overrides`, and the chosen option of every group."""
+    overrides = list(overrides or [])
+    _check_override_keys(overrides)
+    cfg = _compose(overrides, hydra_node=True)
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
+    with_struct = OmegaConf.is_struct(cfg)
+    OmegaConf.set_struct(cfg, False)
+    del cfg["hydra"]
+    OmegaConf.set_struct(cfg, with_struct)
+    validate(cfg, choices)
+    return cfg, choices
+
+
+def validate(cfg: DictConfig, choices: dict[str, str]) -> None:
+    """Check types and bounds of every node that has a schema; UserError on the first fault."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise UserError(f"Cannot resolve the config: {err}") from None
+    top = {k: v for k, v in resolved.items() if k not in SCHEMAS}
+    _check_node(top, TrainSchema, "")
+    for group, by_choice in SCHEMAS.items():
+        schema = by_choice.get(choices.get(group, ""), by_choice.get("*"))
+        if schema is not None and group in resolved:
+            _check_node(resolved[group], schema, f"{group}.")
+
+
+def _check_node(node: dict[str, Any], schema: type, prefix: str) -> None:
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(schema), node)
+    except OmegaConfBaseException as err:
+        key = f"{prefix}{getattr(err, 'full_key', '') or ''}"
+        reason = str(getattr(err, "msg", err)).splitlines()[0]
+        raise UserError(f"Bad value for {key}: {reason}.") from None
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        try:
+            value = typed[f.name]
+        except MissingMandatoryValue:
+            raise UserError(f"{key} must be set, for example: nnlab train {key}=...") from None
+        _check_bounds(key, value, f.metadata)
+
+
+def _check_bounds(key: str, value: Any, bounds: Any) -> None:
+    if "choices" in bounds and value not in bounds["choices"]:
+        raise choice_error(f"value for {key}", value, bounds["choices"])
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    tests = {
+        "gt": (lambda v, b: v > b, "greater than"),
+        "ge": (lambda v, b: v >= b, "at least"),
+        "lt": (lambda v, b: v < b, "less than"),
+        "le": (lambda v, b: v <= b, "at most"),
+    }
+    for name, (ok, words) in tests.items():
+        if name in bounds and not ok(value, bounds[name]):
+            raise UserError(f"Bad value for {key}: {value}. It must be {words} {bounds[name]}.")
+
+
+def load_run_config(path: Path, overrides: list[str]) -> DictConfig:
+    """A run's saved config.yaml with key=value overrides applied (keys must already exist)."""
+    cfg = OmegaConf.load(path)
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """Apply key=value overrides to a saved config, refusing keys it does not have."""
+    for override in overrides:
+        key, value = _split(override)
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        if not isinstance(parent, DictConfig) or leaf not in parent:
+            options = list(map(str, parent.keys())) if isinstance(parent, DictConfig) else []
+            raise UserError(
+                f"Unknown key '{key}' for this run's config."
+                + (f" Keys there: {', '.join(options)}." if options else "")
+                + did_you_mean(leaf, options)
+            )
+        OmegaConf.update(cfg, key, _parse_value(value), merge=False)
+    return cfg
+
+
+def _parse_value(value: str) -> Any:
+    # YAML typing, as Hydra's override grammar does for plain values: 3 → int, 1e-3 → float.
+    import yaml
+
+    try:
+        return yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        return value

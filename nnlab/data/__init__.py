@@ -1,0 +1,1 @@
+"""LightningDataModules. Each tells the task what it needs (num_classes, input_shape)."""

@@ -1,0 +1,132 @@
+"""In-memory tensor datasets batched by slicing, and the DataModule base they share."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from sklearn.model_selection import train_test_split
+
+
+class TensorBatches:
+    """Mini-batches of in-memory tensors, cut by slicing.
+
+    A DataLoader over a TensorDataset collates every sample one by one; on small datasets that
+    costs more than the model. Shuffling uses its own generator seeded per epoch, so batch order
+    depends only on the seed and the epoch number.
+    """
+
+    def __init__(
+        self,
+        tensors: tuple[torch.Tensor, ...],
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.tensors = tensors
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.tensors[0])
+        return (n + self.batch_size - 1) // self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        tensors = self.tensors
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(len(tensors[0]), generator=generator)
+            tensors = tuple(t[order] for t in tensors)
+            self.epoch += 1
+        for start in range(0, len(tensors[0]), self.batch_size):
+            yield tuple(t[start : start + self.batch_size] for t in tensors)
+
+
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index arrays (train, val, test), each keeping the class proportions of `labels`."""
+    index = np.arange(len(labels))
+    rest, test = train_test_split(
+        index, test_size=test_fraction, stratify=labels, random_state=seed
+    )
+    train, val = train_test_split(
+        rest,
+        test_size=val_fraction / (1.0 - test_fraction),
+        stratify=labels[rest],
+        random_state=seed,
+    )
+    return train, val, test
+
+
+class TensorDataModule(pl.LightningDataModule):
+    """A classification dataset held as tensors: subclasses fill the splits in `load()`.
+
+    After `setup()`, `num_classes`, `input_shape` and `class_names` tell the model builder and the
+    task what they need, so users never repeat those numbers.
+    """
+
+    def __init__(self, batch_size: int = 64, seed: int = 0) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.seed = seed
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.class_names: list[str] = []
+
+    def load(self) -> None:
+        """Fill self.splits['train'|'val'|'test'] = (x, y) and self.class_names."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.load()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.splits["train"][0].shape[1:])
+
+    def train_dataloader(self) -> TensorBatches:
+        return TensorBatches(self.splits["train"], self.batch_size, shuffle=True, seed=self.seed)
+
+    def val_dataloader(self) -> TensorBatches:
+        return TensorBatches(self.splits["val"], self.batch_size)
+
+    def test_dataloader(self) -> TensorBatches:
+        return TensorBatches(self.splits["test"], self.batch_size)
+
+
+def standardize(
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]], dims: tuple[int, ...]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Scale every split by the training split's mean and std over `dims` (no test leakage)."""
+    x_train = splits["train"][0]
+    mean = x_train.mean(dim=dims, keepdim=True)
+    std = x_train.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    return {name: ((x - mean) / std, y) for name, (x, y) in splits.items()}
+
+
+def split_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Stratified train/val/test tensors (float32 inputs, int64 labels) from one labelled array."""
+    parts = stratified_split(y, val_fraction, test_fraction, split_seed)
+    return {
+        name: (
+            torch.as_tensor(x[idx], dtype=torch.float32),
+            torch.as_tensor(y[idx], dtype=torch.int64),
+        )
+        for name, idx in zip(("train", "val", "test"), parts, strict=True)
+    }

@@ -1,0 +1,33 @@
+"""scikit-learn's bundled handwritten digits: 1,797 8×8 grey images, 10 classes."""
+
+from __future__ import annotations
+
+from sklearn.datasets import load_digits
+
+from nnlab.data.base import TensorDataModule, split_arrays, standardize
+
+
+class DigitsDataModule(TensorDataModule):
+    """Digits as (1, 8, 8) images, split train/val/test by `split_seed`, stratified by class."""
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_seed: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, seed=seed)
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+
+    def load(self) -> None:
+        digits = load_digits()
+        images = digits.images.reshape(-1, 1, 8, 8)
+        splits = split_arrays(
+            images, digits.target, self.val_fraction, self.test_fraction, self.split_seed
+        )
+        self.splits = standardize(splits, dims=(0, 2, 3))
+        self.class_names = [str(c) for c in digits.target_names]

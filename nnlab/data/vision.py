@@ -1,0 +1,227 @@
+"""Image datasets read from disk: torchvision's MNIST/Fashion-MNIST/CIFAR-10 layouts, ImageFolder.
+
+Nothing here ever downloads: the machines nnlab runs on may have no internet, and a silent
+multi-hundred-megabyte fetch inside a training command is a surprise nobody wants.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torchvision import datasets, transforms
+
+from nnlab.data.base import TensorDataModule, standardize
+from nnlab.errors import UserError, choice_error
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+MNIST_FILES = [f"{s}-{k}-ubyte" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
+CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+# dataset -> (folder under root, expected files, torchvision class that fetches them)
+LAYOUTS = {
+    "mnist": ("MNIST/raw", MNIST_FILES, "MNIST"),
+    "fashion_mnist": ("FashionMNIST/raw", MNIST_FILES, "FashionMNIST"),
+    "cifar10": ("cifar-10-batches-py", CIFAR_FILES, "CIFAR10"),
+}
+
+
+def _split_error(err: ValueError, n: int, labels: np.ndarray) -> UserError:
+    # sklearn's stratified split fails on tiny datasets with a message about "test_size"; say
+    # instead which data and fractions did not fit.
+    classes = len(np.unique(labels))
+    return UserError(
+        f"Cannot split {n} images of {classes} classes into stratified train/val/test parts "
+        f"({err}). Use more images per class or larger data.val_fraction/data.test_fraction."
+    )
+
+
+def _carve(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int) -> tuple[Pair, Pair]:
+    """Split (x, y) into a stratified (rest, part) pair; `fraction` of it goes to `part`."""
+    labels = y.numpy()
+    try:
+        rest, part = train_test_split(
+            np.arange(len(y)), test_size=fraction, stratify=labels, random_state=seed
+        )
+    except ValueError as err:
+        raise _split_error(err, len(y), labels) from None
+    return (x[rest], y[rest]), (x[part], y[part])
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An idx-format array (the MNIST file format), from `path` or `path`.gz."""
+    # torchvision's MNIST(download=False) reads only the uncompressed files, hence our own
+    # parser: the .gz files are what people usually have lying around.
+    gz = path.with_name(path.name + ".gz")
+    data = bytearray(path.read_bytes() if path.exists() else gzip.decompress(gz.read_bytes()))
+    ndim = data[3]
+    shape = np.frombuffer(data, dtype=">u4", count=ndim, offset=4)
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape.astype(int))
+
+
+def _read_cifar(folder: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    # Read the pickles directly: torchvision's CIFAR10 checks the md5 of every file, so it rejects
+    # anything but the exact upstream archive (re-pickled copies, subsets, test fixtures).
+    def unpickle(name: str) -> dict:
+        with open(folder / name, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+
+    def batches(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        parts = [unpickle(name) for name in names]
+        images = np.concatenate([np.asarray(p[b"data"], dtype=np.uint8) for p in parts])
+        labels = np.concatenate([np.asarray(p[b"labels"], dtype=np.int64) for p in parts])
+        return images.reshape(-1, 3, 32, 32), labels
+
+    arrays = {"train": batches(CIFAR_FILES[:5]), "test": batches(["test_batch"])}
+    names = [n.decode() for n in unpickle("batches.meta")[b"label_names"]]
+    return arrays, names
+
+
+class TorchvisionDataModule(TensorDataModule):
+    """MNIST, Fashion-MNIST or CIFAR-10 from torchvision's on-disk layout under `root`.
+
+    The official test set is the test split; validation is a stratified `val_fraction` of the
+    official training set. Pixels are scaled to [0, 1], then standardized per channel.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        root: str,
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, seed=seed)
+        self.dataset = dataset
+        self.root = root
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+
+    def check_files(self) -> Path:
+        """The folder holding the dataset files; UserError naming every missing file otherwise."""
+        # Checked here, not in __init__: Hydra's instantiate() wraps errors raised while
+        # constructing, and the CLI would show a traceback instead of this message.
+        if self.dataset not in LAYOUTS:
+            raise choice_error("vision dataset", self.dataset, LAYOUTS)
+        root = Path(self.root).expanduser().resolve()
+        sub, files, fetcher = LAYOUTS[self.dataset]
+        folder = root / sub
+        missing = [f for f in files if not (folder / f).exists()]
+        if self.dataset != "cifar10":
+            missing = [f for f in missing if not (folder / f"{f}.gz").exists()]
+        if not missing:
+            return folder
+        state = "does not exist" if not root.is_dir() else f"lacks {', '.join(missing)}"
+        gz = " (each may also be gzipped, ending in .gz)" if self.dataset != "cifar10" else ""
+        raise UserError(
+            f"Cannot load {self.dataset}: the data root {root} {state}. nnlab expects the files "
+            f"{', '.join(files)} in {folder}/{gz}. nnlab never downloads data: fetch them with "
+            f"torchvision.datasets.{fetcher}('{root}', download=True) on a machine with internet "
+            f"and copy them here, or point nnlab at the directory that holds {sub.split('/')[0]}/ "
+            f"with data.root=/path/to/dir."
+        )
+
+    def load(self) -> None:
+        folder = self.check_files()
+        if self.dataset == "cifar10":
+            arrays, names = _read_cifar(folder)
+        else:
+            arrays = {
+                split: (
+                    _read_idx(folder / f"{prefix}-images-idx3-ubyte")[:, None],
+                    _read_idx(folder / f"{prefix}-labels-idx1-ubyte").astype(np.int64),
+                )
+                for split, prefix in (("train", "train"), ("test", "t10k"))
+            }
+            names = [str(i) for i in range(10)]
+            if self.dataset == "fashion_mnist":
+                names = list(datasets.FashionMNIST.classes)
+        x, y = (torch.as_tensor(a) for a in arrays["train"])
+        x_test, y_test = (torch.as_tensor(a) for a in arrays["test"])
+        # Split while still uint8: 4x less memory than splitting the float copy of the whole set.
+        train, val = _carve(x, y, self.val_fraction, self.split_seed)
+        splits = {
+            name: (xs.float().div_(255.0), ys)
+            for name, (xs, ys) in (("train", train), ("val", val), ("test", (x_test, y_test)))
+        }
+        self.splits = standardize(splits, dims=(0, 2, 3))
+        self.class_names = names
+
+
+class ImageFolderDataModule(TensorDataModule):
+    """Images in class subfolders (root/<class>/<image>), or pre-split in root/train, val, test.
+
+    Splits missing on disk are carved from the training images, stratified by class.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 32,
+        grayscale: bool = False,
+        batch_size: int = 64,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_seed: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, seed=seed)
+        self.root = root
+        self.image_size = image_size
+        self.grayscale = grayscale
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+
+    def _layout_error(self, root: Path, problem: str) -> UserError:
+        return UserError(
+            f"Cannot load images from {root}: {problem}. nnlab expects one subfolder per class, "
+            f"named after it, holding its images (root/<class_name>/<image>.png), or that layout "
+            f"inside root/train/ and optionally root/val/ and root/test/ (root/train/<class>/..., "
+            f"root/test/<class>/...). Point nnlab at such a folder with data.root=/path/to/dir."
+        )
+
+    def _read(self, folder: Path, root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        steps = [transforms.Resize((self.image_size, self.image_size))]
+        if self.grayscale:
+            steps.append(transforms.Grayscale(1))
+        try:
+            ds = datasets.ImageFolder(
+                folder, transform=transforms.Compose(steps + [transforms.ToTensor()])
+            )
+        except FileNotFoundError as err:
+            # ImageFolder's messages cover both "no class folders" and "no images in them".
+            raise self._layout_error(root, f"{folder}: {err}") from None
+        x = torch.stack([image for image, _ in ds])
+        return x, torch.as_tensor(ds.targets, dtype=torch.int64), list(ds.classes)
+
+    def load(self) -> None:
+        root = Path(self.root).expanduser().resolve()
+        if not root.is_dir():
+            raise self._layout_error(root, "the folder does not exist")
+        pre_split = (root / "train").is_dir()
+        x, y, names = self._read(root / "train" if pre_split else root, root)
+        splits = {"train": (x, y)}
+        for split in ("val", "test"):
+            if pre_split and (root / split).is_dir():
+                xs, ys, found = self._read(root / split, root)
+                unknown = sorted(set(found) - set(names))
+                if unknown:
+                    problem = f"{split}/ has classes missing from train/: {', '.join(unknown)}"
+                    raise self._layout_error(root, problem)
+                # Each ImageFolder numbers its own classes; renumber by the training classes.
+                splits[split] = (xs, torch.tensor([names.index(c) for c in found])[ys])
+        share = 1.0  # of the training images still in train: fractions count from the whole
+        for split, fraction in (("test", self.test_fraction), ("val", self.val_fraction)):
+            if split not in splits:  # missing on disk: carved from the training images
+                train = splits["train"]
+                splits["train"], splits[split] = _carve(*train, fraction / share, self.split_seed)
+                share -= fraction
+        self.splits = standardize(splits, dims=(0, 2, 3))
+        self.class_names = names

@@ -1,0 +1,1 @@
+"""Plain nn.Modules and their builders; no Lightning and no config objects here."""

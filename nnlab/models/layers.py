@@ -1,0 +1,66 @@
+"""Factories shared by every model: one way to make a normalization or activation layer."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from nnlab.errors import UserError, choice_error
+
+ACTIVATIONS = {
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+}
+NORMS = ("none", "batch", "layer", "group", "instance")
+
+
+def make_activation(kind: str) -> nn.Module:
+    """A fresh activation module by name (see ACTIVATIONS)."""
+    if kind not in ACTIVATIONS:
+        raise choice_error("activation", kind, ACTIVATIONS)
+    return ACTIVATIONS[kind]()
+
+
+def _groups_for(channels: int, groups: int) -> int:
+    # GroupNorm needs groups | channels; rather than fail on widths like 100 with 8 groups, take
+    # the largest divisor of the width that does not exceed the requested count.
+    return max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
+
+
+def make_norm(kind: str, shape: tuple[int, ...], groups: int = 8) -> nn.Module:
+    """A normalization layer for activations of `shape` (per sample): (features,) or (C, H, W)."""
+    if kind not in NORMS:
+        raise choice_error("norm", kind, NORMS)
+    if kind == "none":
+        return nn.Identity()
+    channels = shape[0]
+    spatial = len(shape) > 1
+    if kind == "batch":
+        return nn.BatchNorm2d(channels) if spatial else nn.BatchNorm1d(channels)
+    if kind == "layer":
+        # Over (C, H, W) LayerNorm is GroupNorm with one group: it keeps per-channel affine
+        # parameters and does not tie the layer to one image size.
+        return nn.GroupNorm(1, channels) if spatial else nn.LayerNorm(channels)
+    if kind == "group":
+        return nn.GroupNorm(_groups_for(channels, groups), channels)
+    if not spatial:
+        raise UserError(
+            "norm=instance normalizes each channel of an image over its pixels, so it needs a "
+            "convolutional model (model=cnn); a fully connected layer has no pixels to normalize "
+            "over. For this model use norm=batch, norm=layer or norm=group."
+        )
+    return nn.InstanceNorm2d(channels, affine=True)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Trainable parameter count."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def flat_size(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)

@@ -1,0 +1,67 @@
+"""Multilayer perceptron builder."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from nnlab.models.layers import flat_size, make_activation, make_norm
+
+
+class HiddenLayer(nn.Module):
+    """linear → norm → activation → dropout, with an optional identity skip around it."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        norm: str,
+        norm_groups: int,
+        activation: str,
+        dropout: float,
+        residual: bool,
+    ) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.norm = make_norm(norm, (out_features,), norm_groups)
+        self.act = make_activation(activation)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        # The first layer changes width, so an identity skip only fits where sizes match.
+        self.residual = residual and in_features == out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.dropout(self.act(self.norm(self.linear(x))))
+        return x + out if self.residual else out
+
+
+class MLP(nn.Module):
+    def __init__(self, layers: list[HiddenLayer], head: nn.Linear) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.hidden = nn.ModuleList(layers)
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.flatten(x)
+        for layer in self.hidden:
+            x = layer(x)
+        return self.head(x)
+
+
+def build_mlp(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    hidden: int = 256,
+    depth: int = 2,
+    dropout: float = 0.0,
+    residual: bool = False,
+    norm: str = "none",
+    norm_groups: int = 8,
+    activation: str = "relu",
+) -> MLP:
+    """An MLP taking inputs of any shape (flattened) to `num_classes` logits."""
+    sizes = [flat_size(tuple(input_shape))] + [hidden] * depth
+    layers = [
+        HiddenLayer(i, o, norm, norm_groups, activation, dropout, residual)
+        for i, o in zip(sizes[:-1], sizes[1:], strict=False)
+    ]
+    return MLP(layers, nn.Linear(sizes[-1], num_classes))

@@ -1,0 +1,210 @@
+"""Typed schemas for every config group choice: types and bounds that compose cannot check.
+
+Each field may carry bounds (`gt`, `ge`, `lt`, `le`) or `choices` in its metadata; config.py
+merges a composed node into its schema (type check) and then checks the bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional  # noqa: UP035 - OmegaConf reads typing generics
+
+from omegaconf import MISSING
+
+LOSSES = ("cross_entropy", "mse")
+
+
+def spec(**bounds: Any) -> Any:
+    """A required schema field with optional bounds: gt, ge, lt, le, choices."""
+    return field(default=MISSING, metadata=bounds)
+
+
+@dataclass
+class TrainSchema:
+    seed: int = spec(ge=0)
+    name: Optional[str] = None  # noqa: UP045
+    tags: List[str] = field(default_factory=list)  # noqa: UP006
+    loss: str = spec(choices=LOSSES)
+    output_dir: str = spec()
+
+
+@dataclass
+class MLPSchema:
+    _target_: str = spec()
+    hidden: int = spec(ge=1)
+    depth: int = spec(ge=0)
+    dropout: float = spec(ge=0.0, lt=1.0)
+    residual: bool = spec()
+    norm: str = spec()
+    norm_groups: int = spec(ge=1)
+    activation: str = spec()
+
+
+@dataclass
+class CNNSchema:
+    _target_: str = spec()
+    channels: List[int] = spec()  # noqa: UP006
+    kernel_size: int = spec(ge=1)
+    residual: bool = spec()
+    fc_hidden: int = spec(ge=0)
+    dropout: float = spec(ge=0.0, lt=1.0)
+    norm: str = spec()
+    norm_groups: int = spec(ge=1)
+    activation: str = spec()
+
+
+@dataclass
+class SplitSchema:
+    """Fields every in-memory datamodule shares."""
+
+    _target_: str = spec()
+    batch_size: int = spec(ge=1)
+    val_fraction: float = spec(gt=0.0, lt=1.0)
+    split_seed: int = spec(ge=0)
+    seed: int = spec(ge=0)
+
+
+@dataclass
+class DigitsSchema(SplitSchema):
+    test_fraction: float = spec(gt=0.0, lt=1.0)
+
+
+@dataclass
+class TabularSchema(DigitsSchema):
+    dataset: str = spec()
+
+
+@dataclass
+class VisionSchema(SplitSchema):
+    dataset: str = spec()
+    root: str = spec()
+
+
+@dataclass
+class ImageFolderSchema(DigitsSchema):
+    root: str = spec()
+    image_size: int = spec(ge=4)
+    grayscale: bool = spec()
+
+
+@dataclass
+class OptimizerSchema:
+    _target_: str = spec()
+    _partial_: bool = True
+    lr: float = spec(gt=0.0)
+    weight_decay: float = spec(ge=0.0)
+
+
+@dataclass
+class MomentumSchema(OptimizerSchema):
+    momentum: float = spec(ge=0.0, lt=1.0)
+    nesterov: bool = spec()
+
+
+@dataclass
+class AdamSchema(OptimizerSchema):
+    betas: List[float] = spec()  # noqa: UP006
+    eps: float = spec(gt=0.0)
+
+
+@dataclass
+class RMSpropSchema(OptimizerSchema):
+    alpha: float = spec(gt=0.0, lt=1.0)
+    eps: float = spec(gt=0.0)
+    momentum: float = spec(ge=0.0, lt=1.0)
+
+
+@dataclass
+class NormSchema:
+    kind: str = spec()
+    groups: int = spec(ge=1)
+
+
+@dataclass
+class ActivationSchema:
+    kind: str = spec()
+
+
+@dataclass
+class SchedulerSchema:
+    name: str = spec()
+
+
+@dataclass
+class StepSchema(SchedulerSchema):
+    step_size: int = spec(ge=1)
+    gamma: float = spec(gt=0.0)
+
+
+@dataclass
+class CosineSchema(SchedulerSchema):
+    eta_min: float = spec(ge=0.0)
+
+
+@dataclass
+class OneCycleSchema(SchedulerSchema):
+    max_lr: float = spec(gt=0.0)
+    pct_start: float = spec(gt=0.0, lt=1.0)
+
+
+@dataclass
+class TrainerSchema:
+    max_epochs: int = spec(ge=1)
+    accelerator: str = spec()
+    devices: Any = spec()
+    precision: Any = spec()
+    gradient_clip_val: Optional[float] = spec(ge=0.0)  # noqa: UP045
+    gradient_clip_algorithm: str = spec(choices=("norm", "value"))
+    deterministic: Any = spec()
+    check_val_every_n_epoch: int = spec(ge=1)
+    # int = a number of batches, float = a fraction: Lightning reads the type, so keep it.
+    limit_train_batches: Any = spec(gt=0)
+    limit_val_batches: Any = spec(ge=0)
+    limit_test_batches: Any = spec(gt=0)
+    enable_progress_bar: bool = spec()
+
+
+@dataclass
+class LoggerSchema:
+    kind: str = spec(choices=("tensorboard", "none"))
+
+
+@dataclass
+class CallbacksSchema:
+    monitor: str = spec()
+    mode: str = spec(choices=("min", "max"))
+    early_stopping_patience: int = spec(ge=0)
+
+
+# group → choice → schema. "*" applies to any choice of the group (including user-added ones).
+SCHEMAS: dict[str, dict[str, type]] = {
+    "model": {"mlp": MLPSchema, "cnn": CNNSchema},
+    "data": {
+        "digits": DigitsSchema,
+        "iris": TabularSchema,
+        "wine": TabularSchema,
+        "breast_cancer": TabularSchema,
+        "mnist": VisionSchema,
+        "fashion_mnist": VisionSchema,
+        "cifar10": VisionSchema,
+        "image_folder": ImageFolderSchema,
+    },
+    "optimizer": {
+        "sgd": OptimizerSchema,
+        "momentum": MomentumSchema,
+        "adam": AdamSchema,
+        "adamw": AdamSchema,
+        "rmsprop": RMSpropSchema,
+    },
+    "norm": {"*": NormSchema},
+    "activation": {"*": ActivationSchema},
+    "scheduler": {
+        "none": SchedulerSchema,
+        "step": StepSchema,
+        "cosine": CosineSchema,
+        "onecycle": OneCycleSchema,
+    },
+    "trainer": {"*": TrainerSchema},
+    "logger": {"*": LoggerSchema},
+    "callbacks": {"*": CallbacksSchema},
+}

@@ -1,0 +1,1 @@
+"""LightningModules, one per kind of learning: they own losses, metrics, optimizers, logging."""

@@ -1,0 +1,58 @@
+"""Optimizer and learning-rate schedule wiring shared by every task."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from nnlab.errors import choice_error
+
+SCHEDULERS = ("none", "step", "cosine", "onecycle")
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, name: str, total_steps: int, **params: Any
+) -> dict[str, Any] | None:
+    """A Lightning lr_scheduler dict for `name`, or None for a constant learning rate.
+
+    cosine and onecycle are stepped every batch over the whole run (`total_steps` batches);
+    step decays every `step_size` epochs.
+    """
+    if name == "none":
+        return None
+    if name == "step":
+        schedule = torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=params["step_size"], gamma=params["gamma"]
+        )
+        return {"scheduler": schedule, "interval": "epoch"}
+    if name == "cosine":
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, total_steps), eta_min=params["eta_min"]
+        )
+        return {"scheduler": schedule, "interval": "step"}
+    if name == "onecycle":
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=params["max_lr"],
+            total_steps=max(2, total_steps),
+            pct_start=params["pct_start"],
+        )
+        return {"scheduler": schedule, "interval": "step"}
+    raise choice_error("scheduler", name, SCHEDULERS)
+
+
+def configure(
+    module: Any,
+    params: Iterable[torch.nn.Parameter],
+    optimizer: Callable[..., torch.optim.Optimizer],
+    scheduler: dict[str, Any],
+) -> Any:
+    """What LightningModule.configure_optimizers returns for one optimizer and its schedule."""
+    opt = optimizer(params)
+    config = dict(scheduler)
+    schedule = make_scheduler(
+        opt, config.pop("name"), module.trainer.estimated_stepping_batches, **config
+    )
+    return opt if schedule is None else {"optimizer": opt, "lr_scheduler": schedule}

@@ -1,0 +1,246 @@
+"""train(cfg) and evaluate(cfg, checkpoint): build data, model, task and trainer; fit; test."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import nnlab
+from nnlab import runs
+from nnlab.callbacks.config_stamp import ConfigStamp
+from nnlab.errors import UserError
+from nnlab.models.layers import count_parameters
+from nnlab.tasks.classification import ClassificationTask
+
+
+class TrainingError(Exception):
+    """Training itself failed (not the user's input): exit code 1, details in the run directory."""
+
+    def __init__(self, message: str, run_dir: Path) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+@dataclass
+class Result:
+    run_dir: Path | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _quiet_lightning() -> None:
+    # Lightning's banner (GPU available..., model summary) drowns nnlab's own summary.
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*callbacks used to create the checkpoint need to be.*")
+    warnings.filterwarnings("ignore", ".*is an invalid version and will not be supported.*")
+    warnings.filterwarnings("ignore", ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+
+
+def versions() -> dict[str, str]:
+    return {
+        "nnlab": nnlab.__version__,
+        "torch": torch.__version__,
+        "pytorch_lightning": pl.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
+    from hydra.errors import InstantiationException
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        # Hydra wraps what builders raise; a UserError must reach the CLI as itself.
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise
+
+
+def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, ClassificationTask]:
+    """The datamodule (set up) and the task, both ready to train; raises UserError on bad input."""
+    datamodule = _instantiate(cfg.data)
+    datamodule.setup("fit")
+    model = _instantiate(
+        cfg.model,
+        input_shape=datamodule.input_shape,
+        num_classes=datamodule.num_classes,
+        _convert_="all",
+    )
+    task = ClassificationTask(
+        model=model,
+        optimizer=_instantiate(cfg.optimizer),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        num_classes=datamodule.num_classes,
+        loss=cfg.loss,
+        class_names=datamodule.class_names,
+    )
+    return datamodule, task
+
+
+def _trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback]) -> pl.Trainer:
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    args = {k: v for k, v in args.items() if not (k.startswith("limit_") and v is None)}
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(
+            dirpath=run_dir / runs.CHECKPOINTS,
+            filename="best",
+            monitor=cfg.callbacks.monitor,
+            mode=cfg.callbacks.mode,
+            save_top_k=1,
+            save_last=True,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
+        *extra_callbacks,
+    ]
+    if cfg.callbacks.early_stopping_patience > 0:
+        callbacks.append(
+            EarlyStopping(
+                monitor=cfg.callbacks.monitor,
+                mode=cfg.callbacks.mode,
+                patience=cfg.callbacks.early_stopping_patience,
+            )
+        )
+    logger: Any = False
+    if cfg.logger.kind == "tensorboard":
+        logger = TensorBoardLogger(
+            save_dir=str(run_dir), name=runs.TB, version="", default_hp_metric=False
+        )
+    return pl.Trainer(
+        **args,
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def _prefixed(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def run_name(cfg: DictConfig, choices: dict[str, str]) -> str:
+    return cfg.name or f"{choices.get('model', 'model')}_{choices.get('data', 'data')}"
+
+
+def train(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> Result:
+    """Train one run end to end; returns its directory and final metrics."""
+    _quiet_lightning()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    # Everything that can reject the user's input happens before the run directory exists.
+    datamodule, task = build(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    run_dir = runs.create_run_dir(cfg.output_dir, run_name(cfg, choices))
+    OmegaConf.save(OmegaConf.create(resolved), run_dir / runs.CONFIG)
+    OmegaConf.save(OmegaConf.create({"overrides": list(overrides)}), run_dir / runs.OVERRIDES)
+    trainer = _trainer(cfg, run_dir, [ConfigStamp(resolved, nnlab.__version__)])
+    summary: dict[str, Any] = {
+        "status": "running",
+        "choices": choices,
+        "params": count_parameters(task.model),
+        "versions": versions(),
+    }
+    runs.write_json(run_dir / runs.METRICS, summary)
+
+    start = time.perf_counter()
+    try:
+        trainer.fit(task, datamodule=datamodule)
+        summary["fit_time_s"] = time.perf_counter() - start
+        summary["epochs"] = trainer.current_epoch
+        summary.update(_prefixed(trainer.callback_metrics, "train/"))
+        if trainer.interrupted:
+            summary["status"] = "interrupted"
+            return Result(run_dir, summary)
+        best = "best" if (run_dir / runs.CHECKPOINTS / runs.BEST).exists() else "last"
+        summary["checkpoint"] = f"{runs.CHECKPOINTS}/{best}.ckpt"
+        # Re-validating the best checkpoint must not add a stray point to the val curves.
+        loggers, trainer.loggers = trainer.loggers, []
+        val = trainer.validate(task, datamodule=datamodule, ckpt_path=best, verbose=False)
+        trainer.loggers = loggers
+        test = trainer.test(task, datamodule=datamodule, ckpt_path=best, verbose=False)
+        summary.update(_prefixed(val[0], "val/"))
+        summary.update(_prefixed(test[0], "test/"))
+    except UserError:
+        raise
+    except Exception as err:
+        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+        import traceback
+
+        (run_dir / "error.log").write_text(traceback.format_exc())
+        raise TrainingError(f"{type(err).__name__}: {err}", run_dir) from err
+    finally:
+        summary["wall_time_s"] = time.perf_counter() - start
+        runs.write_json(run_dir / runs.METRICS, summary)
+    summary["status"] = "finished"
+    runs.write_json(run_dir / runs.METRICS, summary)
+    if trainer.logger:
+        metrics = {k: v for k, v in summary.items() if "/" in k}
+        # Lightning wrote an empty hparams.yaml at fit start and never rewrites an existing one.
+        (run_dir / runs.TB / "hparams.yaml").unlink(missing_ok=True)
+        trainer.logger.log_hyperparams(resolved, metrics=metrics)
+        trainer.logger.finalize("success")
+    return Result(run_dir, summary)
+
+
+def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> Result:
+    """Test a trained model: rebuild it from its run's saved config and load the checkpoint."""
+    from nnlab.callbacks.config_stamp import KEY
+    from nnlab.config import apply_overrides
+
+    _quiet_lightning()
+    run_dir, ckpt = runs.resolve_target(target, output_dir)
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise UserError(f"Cannot read checkpoint {ckpt}: {type(err).__name__}: {err}") from None
+    if run_dir is not None:
+        cfg = OmegaConf.load(run_dir / runs.CONFIG)
+    elif KEY in checkpoint:
+        cfg = OmegaConf.create(checkpoint[KEY]["config"])
+    else:
+        raise UserError(
+            f"{ckpt} is not inside an nnlab run directory and carries no nnlab config, so the "
+            f"model cannot be rebuilt. Give the run directory it came from instead."
+        )
+    cfg = apply_overrides(cfg, overrides)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, task = build(cfg)
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=cfg.trainer.precision,
+        logger=False,
+        enable_model_summary=False,
+        enable_progress_bar=cfg.trainer.enable_progress_bar,
+    )
+    start = time.perf_counter()
+    test = trainer.test(task, datamodule=datamodule, ckpt_path=str(ckpt), verbose=False)
+    metrics: dict[str, Any] = _prefixed(test[0], "test/")
+    metrics.update(
+        checkpoint=str(ckpt),
+        epoch=checkpoint.get("epoch"),
+        params=count_parameters(task.model),
+        wall_time_s=time.perf_counter() - start,
+        overrides=list(overrides),
+    )
+    out_dir = run_dir if run_dir is not None else ckpt.parent
+    runs.write_json(out_dir / runs.EVAL, metrics)
+    return Result(run_dir or out_dir, metrics)

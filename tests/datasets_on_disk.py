@@ -1,0 +1,123 @@
+"""Tiny, learnable stand-ins for on-disk image datasets, written in their real file formats.
+
+Plain functions rather than fixtures, so any test (or a quick manual check) can build one in a
+temporary folder: `write_mnist(tmp_path)` then `TorchvisionDataModule("mnist", str(tmp_path))`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CIFAR_NAMES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+
+
+def _balanced_labels(n: int, rng: np.random.Generator, classes: int = 10) -> np.ndarray:
+    # Every class appears n // classes or n // classes + 1 times, in random order.
+    return rng.permutation(np.arange(n) % classes).astype(np.uint8)
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    # idx header: two zero bytes, type code 0x08 (uint8), the number of dims, then each dim as a
+    # big-endian uint32 (hence magic 2051 for 3-d images, 2049 for 1-d labels).
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _mnist_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    # Dim noise plus a bright 8×5 block whose position (2 rows × 5 columns) encodes the label.
+    images = rng.integers(0, 60, size=(len(labels), 28, 28), dtype=np.uint8)
+    for image, label in zip(images, labels, strict=True):
+        top, left = 4 + 12 * (int(label) // 5), 1 + 5 * (int(label) % 5)
+        image[top : top + 8, left : left + 5] = rng.integers(200, 256, size=(8, 5))
+    return images
+
+
+def write_mnist(
+    root: Path,
+    folder: str = "MNIST",
+    n_train: int = 60,
+    n_test: int = 20,
+    seed: int = 0,
+    gz: bool = False,
+) -> Path:
+    """Write <root>/<folder>/raw/ idx files as torchvision lays them out; returns that raw folder.
+
+    Use folder="FashionMNIST" for Fashion-MNIST; gz=True writes the .gz versions instead.
+    """
+    rng = np.random.default_rng(seed)
+    raw = Path(root) / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = _balanced_labels(n, rng)
+        for kind, array in (("images-idx3", _mnist_images(labels, rng)), ("labels-idx1", labels)):
+            data = _idx_bytes(array)
+            name = f"{prefix}-{kind}-ubyte"
+            if gz:
+                (raw / f"{name}.gz").write_bytes(gzip.compress(data))
+            else:
+                (raw / name).write_bytes(data)
+    return raw
+
+
+def _cifar_batch(n: int, rng: np.random.Generator, label: str) -> dict[bytes, object]:
+    # Each class gets its own mean colour; the pixels scatter around it.
+    labels = _balanced_labels(n, rng).astype(int)
+    colours = np.linspace(20, 235, 10)
+    means = np.stack([colours[labels], colours[::-1][labels], colours[(labels * 3) % 10]], axis=1)
+    noise = rng.normal(0, 20, size=(n, 3, 1024))
+    data = np.clip(means[:, :, None] + noise, 0, 255).astype(np.uint8).reshape(n, 3072)
+    return {
+        b"batch_label": label.encode(),
+        b"labels": labels.tolist(),
+        b"data": data,
+        b"filenames": [f"image_{i}.png".encode() for i in range(n)],
+    }
+
+
+def write_cifar10(root: Path, n_train_per_batch: int = 20, n_test: int = 20, seed: int = 0) -> Path:
+    """Write <root>/cifar-10-batches-py/ pickles in CIFAR-10's format; returns that folder."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    batches = {
+        f"data_batch_{i}": (n_train_per_batch, f"training batch {i} of 5") for i in range(1, 6)
+    }
+    batches["test_batch"] = (n_test, "testing batch 1 of 1")
+    for name, (n, label) in batches.items():
+        with open(folder / name, "wb") as f:
+            pickle.dump(_cifar_batch(n, rng, label), f)
+    meta = {
+        b"num_cases_per_batch": n_train_per_batch,
+        b"label_names": [name.encode() for name in CIFAR_NAMES],
+        b"num_vis": 3072,
+    }
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump(meta, f)
+    return folder
+
+
+def write_image_folder(
+    root: Path,
+    classes: tuple[str, ...] = ("cat", "dog", "frog"),
+    per_class: int = 8,
+    size: int = 12,
+    seed: int = 0,
+) -> Path:
+    """Write root/<class>/<i>.png, size×size RGB, coloured by class plus noise; returns root."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        colour = np.array([255 * (k % 2), 255 * ((k // 2) % 2), 128 + 127 * ((-1) ** k)]) / 2 + 40
+        for i in range(per_class):
+            pixels = colour + rng.normal(0, 15, size=(size, size, 3))
+            image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+            image.save(root / name / f"{i}.png")
+    return root

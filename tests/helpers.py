@@ -1,0 +1,23 @@
+"""Small helpers the tests share."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# A couple of real epochs on the digits: enough to learn, fast enough for the default tier.
+QUICK = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
+
+
+def all_runs(workdir: Path) -> list[Path]:
+    return sorted((workdir / "outputs" / "runs").iterdir())
+
+
+def only_run(workdir: Path) -> Path:
+    runs = all_runs(workdir)
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def metrics_of(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())

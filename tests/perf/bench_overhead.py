@@ -1,0 +1,180 @@
+"""Per-epoch training time on digits: nnlab vs a hand-written PyTorch loop vs stock Lightning.
+
+    python tests/perf/bench_overhead.py [--epochs 20] [--repeats 3] [--batch-size 64]
+                                        [--model mlp|cnn]
+
+All variants train the same nnlab-built model (same init seed) on the same train split with
+Adam(lr=1e-3) and validate every epoch; each repeat runs them all, in a rotating order, so
+machine noise hits them alike. A script, not a test: pytest never collects bench_*.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from nnlab.config import compose_config
+from nnlab.train import build, train
+
+TARGETS = {"hand": 1.25, "stock": 0.6}  # the issue's targets: nnlab / variant must be <= these
+WARMUP_EPOCHS = 2
+Splits = dict[str, tuple[Tensor, Tensor]]
+
+
+def quiet() -> None:
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def setup(model: str, batch_size: int) -> tuple[nn.Module, Splits]:
+    """The nnlab-built model (seeded as nnlab's train() seeds it) and the digits splits."""
+    cfg, _ = compose_config([f"model={model}", f"data.batch_size={batch_size}"])
+    pl.seed_everything(cfg.seed, verbose=False)
+    datamodule, task = build(cfg)
+    return task.model, datamodule.splits
+
+
+def run_hand(model_name: str, epochs: int, bs: int) -> float:
+    torch.use_deterministic_algorithms(False)  # nnlab's trainer turns it on process-wide
+    model, splits = setup(model_name, bs)
+    (x, y), (xv, yv) = splits["train"], splits["val"]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(x))
+        xs, ys = x[order], y[order]
+        for i in range(0, len(xs), bs):
+            loss = F.cross_entropy(model(xs[i : i + bs]), ys[i : i + bs])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            loss_sum, correct = torch.zeros(()), torch.zeros((), dtype=torch.long)
+            for i in range(0, len(xv), bs):
+                logits, target = model(xv[i : i + bs]), yv[i : i + bs]
+                loss_sum += F.cross_entropy(logits, target, reduction="sum")
+                correct += (logits.argmax(dim=1) == target).sum()
+            _ = (loss_sum.item() / len(xv), correct.item() / len(xv))
+    return (time.perf_counter() - start) / epochs
+
+
+def run_nnlab(model_name: str, epochs: int, bs: int, bar_tb: bool) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = [f"model={model_name}", f"trainer.max_epochs={epochs}"]
+        if not bar_tb:
+            overrides += ["trainer.enable_progress_bar=false", "logger=none"]
+        overrides += [f"data.batch_size={bs}", f"output_dir={tmp}"]
+        cfg, choices = compose_config(overrides)
+        # The bar still renders every batch; it just does not clutter the table.
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+            result = train(cfg, choices, [])
+    return result.metrics["fit_time_s"] / epochs
+
+
+class StockModule(pl.LightningModule):
+    """A LightningModule as most tutorials write it: self.log on every step."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.log("train/loss", loss)
+        self.log("train/acc", (logits.argmax(dim=1) == y).float().mean())
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log("val/loss", F.cross_entropy(logits, y))
+        self.log("val/acc", (logits.argmax(dim=1) == y).float().mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def run_stock(model_name: str, epochs: int, bs: int) -> float:
+    model, splits = setup(model_name, bs)
+    train_dl = DataLoader(TensorDataset(*splits["train"]), batch_size=bs, shuffle=True)
+    val_dl = DataLoader(TensorDataset(*splits["val"]), batch_size=bs)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = pl.Trainer(
+            max_epochs=epochs,
+            logger=TensorBoardLogger(tmp),
+            default_root_dir=tmp,
+            enable_checkpointing=True,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        start = time.perf_counter()
+        trainer.fit(StockModule(model), train_dl, val_dl)
+        return (time.perf_counter() - start) / epochs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    args = parser.parse_args()
+    quiet()
+    m, bs = args.model, args.batch_size
+    runners: dict[str, Callable[[int], float]] = {
+        "hand": lambda e: run_hand(m, e, bs),
+        "nnlab": lambda e: run_nnlab(m, e, bs, bar_tb=False),
+        "nnlab (bar+tb)": lambda e: run_nnlab(m, e, bs, bar_tb=True),
+        "stock": lambda e: run_stock(m, e, bs),
+    }
+    for run in runners.values():
+        run(WARMUP_EPOCHS)
+    names = list(runners)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(args.repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(runners[name](args.epochs) * 1000)
+    median = {name: statistics.median(t) for name, t in times.items()}
+
+    print(
+        f"machine: {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"lightning {pl.__version__} | model={m} batch={bs} epochs={args.epochs} "
+        f"repeats={args.repeats} (digits, Adam lr=1e-3, val every epoch)"
+    )
+    print(f"{'variant':<16}{'ms/epoch':>10}   all repeats (ms/epoch)")
+    for name in names:
+        print(f"{name:<16}{median[name]:>10.2f}   " + " ".join(f"{t:.2f}" for t in times[name]))
+    print(f"{'ratio':<26}{'value':>7}{'target':>9}")
+    for ours in ("nnlab", "nnlab (bar+tb)"):
+        for base, target in TARGETS.items():
+            ratio = median[ours] / median[base]
+            verdict = "PASS" if ratio <= target else "MISS"
+            print(f"{f'{ours} / {base}':<26}{ratio:>7.2f}{f'<= {target}':>9}  {verdict}")
+
+
+if __name__ == "__main__":
+    main()

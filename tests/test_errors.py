@@ -1,0 +1,82 @@
+"""Bad input: one clear message naming the bad value and the choices, exit 2, no traceback,
+and nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import QUICK
+
+BAD = [
+    (["model=mpl"], ["'mpl'", "cnn, mlp", "Did you mean 'mlp'"]),
+    (["modle=cnn"], ["'modle'", "Did you mean 'model'"]),
+    (["model.hiden=64"], ["'model.hiden'", "Did you mean 'hidden'"]),
+    (["trainer.max_epochs=abc"], ["trainer.max_epochs", "'abc'"]),
+    (["optimizer.lr=-0.1"], ["optimizer.lr", "-0.1", "greater than 0"]),
+    (["optimizer=adamm"], ["'adamm'", "Did you mean 'adam'"]),
+    (["norm=instance"], ["norm=instance", "model=cnn"]),
+    (["loss=mae"], ["'mae'", "cross_entropy, mse"]),
+    (["activation=relu6"], ["'relu6'", "leaky_relu"]),
+    (["model.dropout=1.5"], ["model.dropout", "less than 1.0"]),
+    (["data=mnist", "data.root=missing_dir"], ["missing_dir", "train-images-idx3-ubyte"]),
+    (["data=image_folder"], ["data.root must be set"]),
+    (["data=iris", "model=cnn"], ["model=cnn needs image data"]),
+    (["model=cnn", "model.channels=[8,8,8,8,8]"], ["at most 3 stages"]),
+    (["epochs"], ["key=value"]),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), BAD, ids=lambda v: " ".join(v)[:40])
+def test_bad_override_is_a_clear_error(nnlab, workdir, overrides, expected):
+    result = nnlab("train", *QUICK, *overrides)
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    for fragment in expected:
+        assert fragment in message
+    assert "Traceback" not in result.output
+    assert not (workdir / "outputs").exists(), "bad input must not create a run directory"
+
+
+def test_error_in_a_real_process_has_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "nnlab.cli", "train", "model=mpl"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "Did you mean 'mlp'" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_eval_of_a_missing_run_suggests_existing_ones(nnlab, workdir):
+    assert nnlab("train", *QUICK).exit_code == 0
+    result = nnlab("eval", "outputs/runs/no_such_run")
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "'outputs/runs/no_such_run' is not a run directory" in message
+    assert "mlp_digits" in message, "recent runs are listed"
+
+
+def test_eval_latest_without_runs(nnlab):
+    result = nnlab("eval", "latest")
+    assert result.exit_code == 2
+    assert "no runs" in result.output
+
+
+def test_eval_rejects_unknown_override_key(nnlab, workdir):
+    assert nnlab("train", *QUICK).exit_code == 0
+    result = nnlab("eval", "latest", "data.batchsize=8")
+    assert result.exit_code == 2
+    assert "Did you mean 'batch_size'" in " ".join(result.output.split())
+
+
+def test_corrupt_checkpoint_is_a_clear_error(nnlab, workdir, tmp_path):
+    bad = tmp_path / "broken.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    result = nnlab("eval", str(bad))
+    assert result.exit_code == 2
+    assert "Cannot read checkpoint" in result.output
