@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from nnlab.errors import UserError, choice_error, did_you_mean
 from nnlab.schemas import SCHEMAS, TrainSchema
@@ -129,6 +129,12 @@ def validate(cfg: DictConfig, choices: dict[str, str]) -> None:
 def _check_node(node: dict[str, Any], schema: type, prefix: str) -> None:
     try:
         typed = OmegaConf.merge(OmegaConf.structured(schema), node)
+    except ConfigKeyError as err:
+        known = [f.name for f in dataclasses.fields(schema)]
+        raise UserError(
+            f"Unknown key '{prefix}{err.full_key}'. Keys there: {', '.join(known)}."
+            + did_you_mean(str(err.full_key), known)
+        ) from None
     except OmegaConfBaseException as err:
         key = f"{prefix}{getattr(err, 'full_key', '') or ''}"
         reason = str(getattr(err, "msg", err)).splitlines()[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -151,7 +152,14 @@ def train(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> Res
     run_dir = runs.create_run_dir(cfg.output_dir, run_name(cfg, choices))
     OmegaConf.save(OmegaConf.create(resolved), run_dir / runs.CONFIG)
     OmegaConf.save(OmegaConf.create({"overrides": list(overrides)}), run_dir / runs.OVERRIDES)
-    trainer = _trainer(cfg, run_dir, [ConfigStamp(resolved, nnlab.__version__)])
+    try:
+        trainer = _trainer(cfg, run_dir, [ConfigStamp(resolved, nnlab.__version__)])
+    except Exception as err:
+        # Only bad trainer settings fail here (accelerator=gpu without a GPU, an unknown
+        # argument, ...): the directory made a moment ago holds nothing but the config, so it
+        # goes rather than litter outputs/.
+        shutil.rmtree(run_dir)
+        raise UserError(f"Bad trainer setting: {type(err).__name__}: {err}") from None
     summary: dict[str, Any] = {
         "status": "running",
         "choices": choices,

@@ -26,6 +26,9 @@ BAD = [
     (["data=iris", "model=cnn"], ["model=cnn needs image data"]),
     (["model=cnn", "model.channels=[8,8,8,8,8]"], ["at most 3 stages"]),
     (["epochs"], ["key=value"]),
+    (["trainer.accelerator=tpu"], ["Bad trainer setting", "torch_xla"]),
+    (["trainer.accelerator=gpu"], ["Bad trainer setting", "gpu"]),
+    (["+trainer.max_epoch=3"], ["'trainer.max_epoch'", "Did you mean 'max_epochs'"]),
 ]
 
 
@@ -37,7 +40,8 @@ def test_bad_override_is_a_clear_error(nnlab, workdir, overrides, expected):
     for fragment in expected:
         assert fragment in message
     assert "Traceback" not in result.output
-    assert not (workdir / "outputs").exists(), "bad input must not create a run directory"
+    runs = workdir / "outputs" / "runs"
+    assert not runs.exists() or not any(runs.iterdir()), "bad input must leave no run directory"
 
 
 def test_error_in_a_real_process_has_no_traceback(tmp_path):

@@ -71,9 +71,19 @@ class TensorDataModule(pl.LightningDataModule):
     task what they need, so users never repeat those numbers.
     """
 
-    def __init__(self, batch_size: int = 64, seed: int = 0) -> None:
+    def __init__(
+        self,
+        batch_size: int = 64,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_seed: int = 0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction  # ignored where the data has an official test set
+        self.split_seed = split_seed
         self.seed = seed
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.class_names: list[str] = []

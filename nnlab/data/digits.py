@@ -18,10 +18,7 @@ class DigitsDataModule(TensorDataModule):
         split_seed: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size=batch_size, seed=seed)
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.split_seed = split_seed
+        super().__init__(batch_size, val_fraction, test_fraction, split_seed, seed)
 
     def load(self) -> None:
         digits = load_digits()

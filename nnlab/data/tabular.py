@@ -26,13 +26,10 @@ class TabularDataModule(TensorDataModule):
         split_seed: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size=batch_size, seed=seed)
+        super().__init__(batch_size, val_fraction, test_fraction, split_seed, seed)
         if dataset not in LOADERS:
             raise choice_error("tabular dataset", dataset, LOADERS)
         self.dataset = dataset
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.split_seed = split_seed
 
     def load(self) -> None:
         bunch = LOADERS[self.dataset]()

@@ -97,11 +97,9 @@ class TorchvisionDataModule(TensorDataModule):
         split_seed: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size=batch_size, seed=seed)
+        super().__init__(batch_size, val_fraction, 0.0, split_seed, seed)
         self.dataset = dataset
         self.root = root
-        self.val_fraction = val_fraction
-        self.split_seed = split_seed
 
     def check_files(self) -> Path:
         """The folder holding the dataset files; UserError naming every missing file otherwise."""
@@ -171,13 +169,10 @@ class ImageFolderDataModule(TensorDataModule):
         split_seed: int = 0,
         seed: int = 0,
     ) -> None:
-        super().__init__(batch_size=batch_size, seed=seed)
+        super().__init__(batch_size, val_fraction, test_fraction, split_seed, seed)
         self.root = root
         self.image_size = image_size
         self.grayscale = grayscale
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.split_seed = split_seed
 
     def _layout_error(self, root: Path, problem: str) -> UserError:
         return UserError(
