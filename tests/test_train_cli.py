@@ -25,7 +25,9 @@ def test_default_train_writes_a_complete_run(nnlab, workdir):
     assert metrics["status"] == "finished"
     assert metrics["test/acc"] > 0.8, "two epochs of an MLP on digits should pass 80%"
     assert metrics["epochs"] == 2
-    assert metrics["params"] == 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
+    linear = 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
+    batch_norm = 2 * (256 + 256)  # default norm=batch: a scale and a shift per hidden unit
+    assert metrics["params"] == linear + batch_norm
     assert {"torch", "pytorch_lightning", "nnlab", "python"} <= set(metrics["versions"])
     for key in ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "wall_time_s"):
         assert key in metrics
