@@ -110,6 +110,12 @@ def _trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback])
         ),
         *extra_callbacks,
     ]
+    if cfg.trainer.enable_progress_bar:
+        from pytorch_lightning.callbacks import RichProgressBar
+
+        # Lightning's default Rich bar redraws up to 100×/s from a thread that competes with
+        # training: +40% per epoch on small models (tests/perf/bench_overhead.py).
+        callbacks.append(RichProgressBar(refresh_rate=10))
     if cfg.callbacks.early_stopping_patience > 0:
         callbacks.append(
             EarlyStopping(

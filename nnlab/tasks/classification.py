@@ -53,8 +53,9 @@ class ClassificationTask(pl.LightningModule):
         self.num_classes = num_classes
         self.loss_kind = loss
         self.class_names = class_names or [str(i) for i in range(num_classes)]
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Inputs come from our own model and datamodule: skip torchmetrics' per-batch checks.
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self._train_sums = torch.zeros(3)  # loss·n, correct, n
         self._eval_sums = torch.zeros(2)  # loss·n, n
