@@ -246,7 +246,16 @@ def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> 
         enable_progress_bar=cfg.trainer.enable_progress_bar,
     )
     start = time.perf_counter()
-    test = trainer.test(task, datamodule=datamodule, ckpt_path=str(ckpt), verbose=False)
+    # The checkpoint is already in memory (it may carry the config): load it once, here.
+    try:
+        task.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise UserError(
+            f"{ckpt} does not fit the model its config builds ({type(err).__name__}: "
+            f"{str(err).splitlines()[0]}). Give a checkpoint written by nnlab train for this run, "
+            f"and do not override model settings when evaluating it."
+        ) from None
+    test = trainer.test(task, datamodule=datamodule, verbose=False)
     metrics: dict[str, Any] = _prefixed(test[0], "test/")
     metrics.update(
         checkpoint=str(ckpt),

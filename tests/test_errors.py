@@ -84,3 +84,11 @@ def test_corrupt_checkpoint_is_a_clear_error(nnlab, workdir, tmp_path):
     result = nnlab("eval", str(bad))
     assert result.exit_code == 2
     assert "Cannot read checkpoint" in result.output
+
+
+def test_checkpoint_that_does_not_fit_the_model_is_a_clear_error(nnlab, workdir):
+    assert nnlab("train", *QUICK).exit_code == 0
+    result = nnlab("eval", "latest", "model.hidden=32")
+    assert result.exit_code == 2
+    assert "does not fit the model" in result.output
+    assert "Traceback" not in result.output
