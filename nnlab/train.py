@@ -259,7 +259,8 @@ def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> 
     metrics: dict[str, Any] = _prefixed(test[0], "test/")
     metrics.update(
         checkpoint=str(ckpt),
-        epoch=checkpoint.get("epoch"),
+        # Lightning stores the 0-based index of the epoch that wrote the checkpoint.
+        epoch=checkpoint.get("epoch", -1) + 1,
         params=count_parameters(task.model),
         wall_time_s=time.perf_counter() - start,
         overrides=list(overrides),

@@ -17,6 +17,7 @@ def test_eval_reproduces_train_test_accuracy(nnlab, workdir):
     trained = metrics_of(run)
     assert evaluated["test/acc"] == trained["test/acc"]
     assert evaluated["test/loss"] == trained["test/loss"]
+    assert 1 <= evaluated["epoch"] <= 2, "1-based epoch of the best checkpoint"
     assert "test/acc" in result.output
 
 

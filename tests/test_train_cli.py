@@ -120,3 +120,17 @@ def test_runs_started_in_the_same_second_never_collide(tmp_path, monkeypatch):
 def test_run_name_from_config_with_the_progress_bar_on(nnlab, workdir):
     assert nnlab("train", "name=my experiment/1", "trainer.max_epochs=1").exit_code == 0
     assert only_run(workdir).name.endswith("_my_experiment_1")
+
+
+def test_crash_in_training_exits_1_and_keeps_the_run(nnlab, workdir, monkeypatch):
+    def explode(self, batch, batch_idx):
+        raise RuntimeError("boom in step")
+
+    monkeypatch.setattr("nnlab.tasks.classification.ClassificationTask.training_step", explode)
+    result = nnlab("train", *QUICK)
+    assert result.exit_code == 1
+    assert "Training failed" in result.output and "boom in step" in result.output
+    run = only_run(workdir)
+    assert metrics_of(run)["status"] == "failed"
+    assert "boom in step" in (run / "error.log").read_text()
+    assert (run / "config.yaml").exists(), "what was written before the crash is kept"
