@@ -69,6 +69,8 @@ def train(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP
 
       nnlab train data=iris model.hidden=64 loss=mse scheduler=cosine
 
+      nnlab train model=rnn data=digits_seq model.cell=gru
+
       nnlab train data=mnist data.root=~/datasets model=cnn
     """
     overrides = overrides or []

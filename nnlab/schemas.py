@@ -54,6 +54,19 @@ class CNNSchema:
 
 
 @dataclass
+class RNNSchema:
+    _target_: str = spec()
+    cell: str = spec(choices=("lstm", "gru", "rnn"))
+    hidden: int = spec(ge=1)
+    layers: int = spec(ge=1)
+    bidirectional: bool = spec()
+    dropout: float = spec(ge=0.0, lt=1.0)
+    norm: str = spec()
+    norm_groups: int = spec(ge=1)
+    activation: str = spec()
+
+
+@dataclass
 class SplitSchema:
     """Fields every in-memory datamodule shares."""
 
@@ -178,9 +191,10 @@ class CallbacksSchema:
 
 # group → choice → schema. "*" applies to any choice of the group (including user-added ones).
 SCHEMAS: dict[str, dict[str, type]] = {
-    "model": {"mlp": MLPSchema, "cnn": CNNSchema},
+    "model": {"mlp": MLPSchema, "cnn": CNNSchema, "rnn": RNNSchema},
     "data": {
         "digits": DigitsSchema,
+        "digits_seq": DigitsSchema,
         "iris": TabularSchema,
         "wine": TabularSchema,
         "breast_cancer": TabularSchema,
