@@ -21,3 +21,12 @@ def only_run(workdir: Path) -> Path:
 
 def metrics_of(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
+
+
+def assert_clear_error(result, expected: list[str]) -> None:
+    """Exit code 2, every expected fragment in the (re-wrapped) message, no traceback."""
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    for fragment in expected:
+        assert fragment in message
+    assert "Traceback" not in result.output

@@ -10,16 +10,6 @@ from nnlab.data.base import TensorDataModule, split_arrays, standardize
 class DigitsDataModule(TensorDataModule):
     """Digits as (1, 8, 8) images, split train/val/test by `split_seed`, stratified by class."""
 
-    def __init__(
-        self,
-        batch_size: int = 64,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
-        split_seed: int = 0,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(batch_size, val_fraction, test_fraction, split_seed, seed)
-
     def load(self) -> None:
         digits = load_digits()
         images = digits.images.reshape(-1, 1, 8, 8)
