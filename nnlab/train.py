@@ -91,6 +91,16 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, ClassificationTask]:
     return datamodule, task
 
 
+def _progress_bar(cfg: DictConfig) -> list[pl.Callback]:
+    if not cfg.trainer.enable_progress_bar:
+        return []
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    # Lightning's default Rich bar redraws up to 100×/s from a thread that competes with
+    # training: +40% per epoch on small models (tests/perf/bench_overhead.py).
+    return [RichProgressBar(refresh_rate=10)]
+
+
 def _trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback]) -> pl.Trainer:
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
@@ -110,12 +120,7 @@ def _trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback])
         ),
         *extra_callbacks,
     ]
-    if cfg.trainer.enable_progress_bar:
-        from pytorch_lightning.callbacks import RichProgressBar
-
-        # Lightning's default Rich bar redraws up to 100×/s from a thread that competes with
-        # training: +40% per epoch on small models (tests/perf/bench_overhead.py).
-        callbacks.append(RichProgressBar(refresh_rate=10))
+    callbacks += _progress_bar(cfg)
     if cfg.callbacks.early_stopping_patience > 0:
         callbacks.append(
             EarlyStopping(
@@ -244,6 +249,7 @@ def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> 
         logger=False,
         enable_model_summary=False,
         enable_progress_bar=cfg.trainer.enable_progress_bar,
+        callbacks=_progress_bar(cfg),
     )
     start = time.perf_counter()
     # The checkpoint is already in memory (it may carry the config): load it once, here.
