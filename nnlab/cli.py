@@ -47,6 +47,15 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _stage_keys(metrics: dict[str, Any], prefixes: tuple[str, ...]) -> list[str]:
+    """Metric names in stage order (train, val, test), loss first within each stage."""
+    return [
+        key
+        for prefix in prefixes
+        for key in sorted(k for k in metrics if k.startswith(prefix) and not k.endswith("/lr"))
+    ]
+
+
 def results_table(title: str, metrics: dict[str, Any], keys: list[str]) -> Table:
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
@@ -88,17 +97,7 @@ def train(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP
             err.print(f"Traceback and partial results: {e.run_dir}", highlight=False)
             raise typer.Exit(1) from None
     m = result.metrics
-    keys = [
-        "train/loss",
-        "train/acc",
-        "val/loss",
-        "val/acc",
-        "test/loss",
-        "test/acc",
-        "epochs",
-        "params",
-        "wall_time_s",
-    ]
+    keys = [*_stage_keys(m, ("train/", "val/", "test/")), "epochs", "params", "wall_time_s"]
     out.print(results_table(f"{choices['model']} on {choices['data']}: {m['status']}", m, keys))
     out.print(f"Run directory: {result.run_dir}", highlight=False, soft_wrap=True)
 
@@ -125,7 +124,7 @@ def eval_(
         from nnlab.train import evaluate
 
         result = evaluate(target, overrides or [], str(output_dir))
-    keys = ["test/loss", "test/acc", "epoch", "params", "wall_time_s"]
+    keys = [*_stage_keys(result.metrics, ("test/",)), "epoch", "params", "wall_time_s"]
     out.print(results_table(f"eval {result.metrics['checkpoint']}", result.metrics, keys))
     out.print(f"Run directory: {result.run_dir}", highlight=False, soft_wrap=True)
 

@@ -149,7 +149,8 @@ def _check_node(node: dict[str, Any], schema: type, prefix: str) -> None:
 
 
 def _check_bounds(key: str, value: Any, bounds: Any) -> None:
-    if "choices" in bounds and value not in bounds["choices"]:
+    # None passes: only Optional fields accept it, and the type check has run already.
+    if "choices" in bounds and value is not None and value not in bounds["choices"]:
         raise choice_error(f"value for {key}", value, bounds["choices"])
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return

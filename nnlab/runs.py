@@ -19,6 +19,7 @@ CHECKPOINTS = "checkpoints"
 BEST = "best.ckpt"
 LAST = "last.ckpt"
 TB = "tb"
+SAMPLES = "samples.png"  # GAN runs: a grid of generated images
 
 
 def runs_root(output_dir: str | Path) -> Path:

@@ -67,6 +67,26 @@ class RNNSchema:
 
 
 @dataclass
+class GANSchema:
+    _target_: str = spec()
+    arch: str = spec(choices=("mlp", "dcgan"))
+    latent_dim: int = spec(ge=1)
+    hidden: int = spec(ge=1)
+    depth: int = spec(ge=1)
+    channels: int = spec(ge=1)
+    minibatch_std: bool = spec()
+    norm: str = spec()
+    activation: str = spec()
+    d_activation: str = spec()
+    objective: str = spec(choices=("non_saturating", "minimax"))
+    lr_g: Optional[float] = spec(gt=0.0)  # noqa: UP045
+    lr_d: Optional[float] = spec(gt=0.0)  # noqa: UP045
+    label_smoothing: float = spec(ge=0.0, lt=1.0)
+    ema: float = spec(ge=0.0, lt=1.0)
+    samples: int = spec(ge=10)
+
+
+@dataclass
 class SplitSchema:
     """Fields every in-memory datamodule shares."""
 
@@ -85,6 +105,30 @@ class DigitsSchema(SplitSchema):
 @dataclass
 class TabularSchema(DigitsSchema):
     dataset: str = spec()
+
+
+@dataclass
+class GeneratedSchema:
+    _target_: str = spec()
+    samples: int = spec(ge=10)
+    batch_size: int = spec(ge=1)
+    val_fraction: float = spec(gt=0.0, lt=1.0)
+    test_fraction: float = spec(gt=0.0, lt=1.0)
+    data_seed: int = spec(ge=0)
+    seed: int = spec(ge=0)
+
+
+@dataclass
+class AddingSchema(GeneratedSchema):
+    length: int = spec(ge=2)
+    min_length: Optional[int] = spec(ge=2)  # noqa: UP045
+
+
+@dataclass
+class SineSchema(GeneratedSchema):
+    window: int = spec(ge=1)
+    horizon: int = spec(ge=1)
+    noise: float = spec(ge=0.0)
 
 
 @dataclass
@@ -184,17 +228,19 @@ class LoggerSchema:
 
 @dataclass
 class CallbacksSchema:
-    monitor: str = spec()
-    mode: str = spec(choices=("min", "max"))
+    monitor: Optional[str] = spec()  # noqa: UP045
+    mode: Optional[str] = spec(choices=("min", "max"))  # noqa: UP045
     early_stopping_patience: int = spec(ge=0)
 
 
 # group → choice → schema. "*" applies to any choice of the group (including user-added ones).
 SCHEMAS: dict[str, dict[str, type]] = {
-    "model": {"mlp": MLPSchema, "cnn": CNNSchema, "rnn": RNNSchema},
+    "model": {"mlp": MLPSchema, "cnn": CNNSchema, "rnn": RNNSchema, "gan": GANSchema},
     "data": {
         "digits": DigitsSchema,
         "digits_seq": DigitsSchema,
+        "adding": AddingSchema,
+        "sine": SineSchema,
         "iris": TabularSchema,
         "wine": TabularSchema,
         "breast_cancer": TabularSchema,

@@ -19,9 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 import nnlab
 from nnlab import runs
 from nnlab.callbacks.config_stamp import ConfigStamp
+from nnlab.data.base import TensorDataModule
 from nnlab.errors import UserError
+from nnlab.models.gan import GAN
 from nnlab.models.layers import count_parameters
+from nnlab.models.rnn import RecurrentNet
+from nnlab.reference import reference_judge
+from nnlab.tasks import gan as gan_task
 from nnlab.tasks.classification import ClassificationTask
+from nnlab.tasks.sequence import RegressionTask
 
 
 class TrainingError(Exception):
@@ -43,6 +49,7 @@ def _quiet_lightning() -> None:
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*but have no `val_dataloader`.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*callbacks used to create the checkpoint need to be.*")
     warnings.filterwarnings("ignore", ".*is an invalid version and will not be supported.*")
@@ -70,20 +77,55 @@ def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, ClassificationTask]:
-    """The datamodule (set up) and the task, both ready to train; raises UserError on bad input."""
+def build(cfg: DictConfig) -> tuple[TensorDataModule, pl.LightningModule]:
+    """The datamodule (set up) and the task, both ready to train; raises UserError on bad input.
+
+    model=gan gets a GanTask; otherwise the data decides: class labels get a ClassificationTask,
+    real-valued targets a RegressionTask.
+    """
     datamodule = _instantiate(cfg.data)
     datamodule.setup("fit")
+    spec = OmegaConf.to_container(cfg.model, resolve=True)
+    # A GAN's task settings (objective, lr_g, ...) sit in its model config, beside the nets'.
+    options = {key: spec.pop(key) for key in gan_task.OPTIONS if key in spec}
     model = _instantiate(
-        cfg.model,
+        OmegaConf.create(spec),
         input_shape=datamodule.input_shape,
-        num_classes=datamodule.num_classes,
+        num_outputs=datamodule.num_outputs,
         _convert_="all",
     )
+    if datamodule.variable_length and not isinstance(model, RecurrentNet):
+        raise UserError(
+            "This dataset has sequences of different lengths (data.min_length < data.length), "
+            "which only model=rnn reads (it packs them). Use model=rnn, or set "
+            "data.min_length=null for sequences all of one length."
+        )
+    optimizer = _instantiate(cfg.optimizer, _convert_="all")  # plain betas: no omegaconf in ckpts
+    scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True)
+    if isinstance(model, GAN):
+        if cfg.trainer.gradient_clip_val:
+            raise UserError(
+                f"trainer.gradient_clip_val={cfg.trainer.gradient_clip_val} does not apply to "
+                f"model=gan: its two optimizers are stepped by the task itself, where Lightning "
+                f"cannot clip. Remove the override (GAN stability comes from "
+                f"model.label_smoothing, norm= and lower model.lr_g / model.lr_d)."
+            )
+        x = datamodule.splits["train"][0]
+        judge = reference_judge(
+            datamodule,
+            OmegaConf.to_container(cfg.data, resolve=True),
+            Path(cfg.output_dir) / "reference",
+        )
+        data_range = (float(x.min()), float(x.max()))
+        return datamodule, gan_task.GanTask(
+            model, optimizer, scheduler, data_range, judge, **options
+        )
+    if datamodule.kind == "regression":
+        return datamodule, RegressionTask(model, optimizer, scheduler)
     task = ClassificationTask(
-        model=model,
-        optimizer=_instantiate(cfg.optimizer),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
+        model,
+        optimizer,
+        scheduler,
         num_classes=datamodule.num_classes,
         loss=cfg.loss,
         class_names=datamodule.class_names,
@@ -101,18 +143,26 @@ def _progress_bar(cfg: DictConfig) -> list[pl.Callback]:
     return [RichProgressBar(refresh_rate=10)]
 
 
-def _trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback]) -> pl.Trainer:
+def _trainer(
+    cfg: DictConfig, run_dir: Path, task: pl.LightningModule, extra_callbacks: list[pl.Callback]
+) -> pl.Trainer:
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
 
     args = OmegaConf.to_container(cfg.trainer, resolve=True)
     args = {k: v for k, v in args.items() if not (k.startswith("limit_") and v is None)}
+    # Validate at least once (at the end), or no metric would ever pick best.ckpt.
+    args["check_val_every_n_epoch"] = min(args["check_val_every_n_epoch"], args["max_epochs"])
+    monitor = cfg.callbacks.monitor or task.monitor[0]
+    lower_is_better = any(word in monitor for word in ("loss", "mse", "mae", "err"))
+    guessed = task.monitor[1] if monitor == task.monitor[0] else ("max", "min")[lower_is_better]
+    mode = cfg.callbacks.mode or guessed
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(
             dirpath=run_dir / runs.CHECKPOINTS,
             filename="best",
-            monitor=cfg.callbacks.monitor,
-            mode=cfg.callbacks.mode,
+            monitor=monitor,
+            mode=mode,
             save_top_k=1,
             save_last=True,
             auto_insert_metric_name=False,
@@ -124,8 +174,8 @@ def _trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list[pl.Callback])
     if cfg.callbacks.early_stopping_patience > 0:
         callbacks.append(
             EarlyStopping(
-                monitor=cfg.callbacks.monitor,
-                mode=cfg.callbacks.mode,
+                monitor=monitor,
+                mode=mode,
                 patience=cfg.callbacks.early_stopping_patience,
             )
         )
@@ -152,6 +202,11 @@ def run_name(cfg: DictConfig, choices: dict[str, str]) -> str:
     return cfg.name or f"{choices.get('model', 'model')}_{choices.get('data', 'data')}"
 
 
+def _save_samples(task: pl.LightningModule, directory: Path) -> None:
+    if isinstance(task, gan_task.GanTask):
+        task.save_grid(directory / runs.SAMPLES)
+
+
 def train(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> Result:
     """Train one run end to end; returns its directory and final metrics."""
     _quiet_lightning()
@@ -164,7 +219,7 @@ def train(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> Res
     OmegaConf.save(OmegaConf.create(resolved), run_dir / runs.CONFIG)
     OmegaConf.save(OmegaConf.create({"overrides": list(overrides)}), run_dir / runs.OVERRIDES)
     try:
-        trainer = _trainer(cfg, run_dir, [ConfigStamp(resolved, nnlab.__version__)])
+        trainer = _trainer(cfg, run_dir, task, [ConfigStamp(resolved, nnlab.__version__)])
     except Exception as err:
         # Only bad trainer settings fail here (accelerator=gpu without a GPU, an unknown
         # argument, ...): the directory made a moment ago holds nothing but the config, so it
@@ -197,6 +252,7 @@ def train(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> Res
         test = trainer.test(task, datamodule=datamodule, ckpt_path=best, verbose=False)
         summary.update(_prefixed(val[0], "val/"))
         summary.update(_prefixed(test[0], "test/"))
+        _save_samples(task, run_dir)
     except UserError:
         raise
     except Exception as err:
@@ -211,7 +267,9 @@ def train(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> Res
     summary["status"] = "finished"
     runs.write_json(run_dir / runs.METRICS, summary)
     if trainer.logger:
-        metrics = {k: v for k, v in summary.items() if "/" in k}
+        # Lightning writes these metrics as scalars at step 0: under their own tags, so they
+        # do not add a stray point to the start of every training curve.
+        metrics = {f"final/{k}": v for k, v in summary.items() if "/" in k}
         # Lightning wrote an empty hparams.yaml at fit start and never rewrites an existing one.
         (run_dir / runs.TB / "hparams.yaml").unlink(missing_ok=True)
         trainer.logger.log_hyperparams(resolved, metrics=metrics)
@@ -263,6 +321,8 @@ def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> 
         ) from None
     test = trainer.test(task, datamodule=datamodule, verbose=False)
     metrics: dict[str, Any] = _prefixed(test[0], "test/")
+    out_dir = run_dir if run_dir is not None else ckpt.parent
+    _save_samples(task, out_dir)
     metrics.update(
         checkpoint=str(ckpt),
         # Lightning stores the 0-based index of the epoch that wrote the checkpoint.
@@ -271,6 +331,5 @@ def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> 
         wall_time_s=time.perf_counter() - start,
         overrides=list(overrides),
     )
-    out_dir = run_dir if run_dir is not None else ckpt.parent
     runs.write_json(out_dir / runs.EVAL, metrics)
     return Result(run_dir or out_dir, metrics)

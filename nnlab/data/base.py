@@ -65,11 +65,15 @@ def stratified_split(
 
 
 class TensorDataModule(pl.LightningDataModule):
-    """A classification dataset held as tensors: subclasses fill the splits in `load()`.
+    """A dataset held as tensors: subclasses fill the splits in `load()`.
 
-    After `setup()`, `num_classes`, `input_shape` and `class_names` tell the model builder and the
-    task what they need, so users never repeat those numbers.
+    After `setup()`, `kind` (which task fits), `input_shape`, `num_outputs` and, for
+    classification, `num_classes` and `class_names` tell the model builder and the task what they
+    need, so users never repeat those numbers. A split is (x, y) or, for padded variable-length
+    sequences, (x, y, lengths).
     """
+
+    kind = "classification"
 
     def __init__(
         self,
@@ -85,7 +89,7 @@ class TensorDataModule(pl.LightningDataModule):
         self.test_fraction = test_fraction  # ignored where the data has an official test set
         self.split_seed = split_seed
         self.seed = seed
-        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.splits: dict[str, tuple[torch.Tensor, ...]] = {}
         self.class_names: list[str] = []
 
     def load(self) -> None:
@@ -103,6 +107,17 @@ class TensorDataModule(pl.LightningDataModule):
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.splits["train"][0].shape[1:])
+
+    @property
+    def num_outputs(self) -> int:
+        """Values the model must output per sample: one logit per class, or the target size."""
+        if self.kind == "classification":
+            return self.num_classes
+        return int(self.splits["train"][1][0].numel())
+
+    @property
+    def variable_length(self) -> bool:
+        return len(self.splits["train"]) == 3
 
     def train_dataloader(self) -> TensorBatches:
         return TensorBatches(self.splits["train"], self.batch_size, shuffle=True, seed=self.seed)

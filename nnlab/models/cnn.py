@@ -38,7 +38,7 @@ class ResidualBlock(nn.Module):
 
 def build_cnn(
     input_shape: tuple[int, ...],
-    num_classes: int,
+    num_outputs: int,
     channels: list[int] = (32, 64),
     kernel_size: int = 3,
     residual: bool = False,
@@ -74,5 +74,5 @@ def build_cnn(
     if fc_hidden > 0:
         layers += [nn.Linear(features, fc_hidden), make_activation(activation)]
         features = fc_hidden
-    layers.append(nn.Linear(features, num_classes))
+    layers.append(nn.Linear(features, num_outputs))
     return nn.Sequential(*layers)

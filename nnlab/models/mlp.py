@@ -49,7 +49,7 @@ class MLP(nn.Module):
 
 def build_mlp(
     input_shape: tuple[int, ...],
-    num_classes: int,
+    num_outputs: int,
     hidden: int = 256,
     depth: int = 2,
     dropout: float = 0.0,
@@ -58,10 +58,11 @@ def build_mlp(
     norm_groups: int = 8,
     activation: str = "relu",
 ) -> MLP:
-    """An MLP taking inputs of any shape (flattened) to `num_classes` logits."""
+    """An MLP taking inputs of any shape (flattened) to `num_outputs` values (logits or
+    regression outputs)."""
     sizes = [flat_size(tuple(input_shape))] + [hidden] * depth
     layers = [
         HiddenLayer(i, o, norm, norm_groups, activation, dropout, residual)
         for i, o in zip(sizes[:-1], sizes[1:], strict=False)
     ]
-    return MLP(layers, nn.Linear(sizes[-1], num_classes))
+    return MLP(layers, nn.Linear(sizes[-1], num_outputs))

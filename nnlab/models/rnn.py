@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from nnlab.errors import UserError, choice_error
 from nnlab.models.layers import make_activation, make_norm
@@ -10,11 +12,12 @@ from nnlab.models.layers import make_activation, make_norm
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
-class RecurrentClassifier(nn.Module):
-    """Reads a (batch, time, features) sequence; classifies from the last step's output.
+class RecurrentNet(nn.Module):
+    """Reads a (batch, time, features) sequence; maps its final state to the outputs.
 
     Layers are separate modules (not one multi-layer nn.LSTM) so a normalization layer can sit
-    between them, as `norm=layer` asks.
+    between them, as `norm=layer` asks. Given `lengths`, padded sequences are packed, so padding
+    never enters the recurrence or the normalization statistics.
     """
 
     def __init__(
@@ -26,20 +29,33 @@ class RecurrentClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = head
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        seq: Tensor | PackedSequence = x
+        if lengths is not None:
+            seq = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         for i, layer in enumerate(self.layers):
-            x, _ = layer(x)
+            seq, state = layer(seq)
             if i < len(self.layers) - 1:
-                batch, steps, width = x.shape
-                # BatchNorm1d wants (N, C): normalize every step of every sequence alike.
-                x = self.norms[i](x.reshape(batch * steps, width)).reshape(batch, steps, width)
-                x = self.dropout(x)
-        return self.head(self.dropout(x[:, -1]))
+                seq = self._between(i, seq)
+        hidden = state[0] if isinstance(state, tuple) else state  # LSTM: (h, c)
+        # The last layer's final state, both directions when bidirectional: with packing this is
+        # each sequence's own last step, and the backward direction has read the whole sequence.
+        final = torch.cat(list(hidden[-(2 if layer.bidirectional else 1) :]), dim=1)
+        return self.head(self.dropout(final))
+
+    def _between(self, i: int, seq: Tensor | PackedSequence) -> Tensor | PackedSequence:
+        if isinstance(seq, PackedSequence):
+            # .data holds only real steps, (total steps, width): exactly what the norm wants.
+            return seq._replace(data=self.dropout(self.norms[i](seq.data)))
+        batch, steps, width = seq.shape
+        # BatchNorm1d wants (N, C): normalize every step of every sequence alike.
+        flat = self.norms[i](seq.reshape(batch * steps, width))
+        return self.dropout(flat.reshape(batch, steps, width))
 
 
 def build_rnn(
     input_shape: tuple[int, ...],
-    num_classes: int,
+    num_outputs: int,
     cell: str = "lstm",
     hidden: int = 128,
     layers: int = 1,
@@ -48,8 +64,8 @@ def build_rnn(
     norm: str = "none",
     norm_groups: int = 8,
     activation: str = "tanh",
-) -> RecurrentClassifier:
-    """An RNN classifier for (time steps, features) inputs.
+) -> RecurrentNet:
+    """An RNN for (time steps, features) inputs, to class logits or regression outputs.
 
     `activation` is the nonlinearity of plain RNN cells (tanh or relu, as torch allows); LSTM and
     GRU gates have their fixed sigmoid/tanh.
@@ -60,7 +76,7 @@ def build_rnn(
         raise UserError(
             f"model=rnn needs sequence data shaped (time steps, features), but this dataset gives "
             f"inputs of shape {tuple(input_shape)}. Use data=digits_seq (each digit read row by "
-            f"row), or model=mlp / model=cnn for this dataset."
+            f"row), data=adding or data=sine, or model=mlp / model=cnn for this dataset."
         )
     kwargs: dict = {"batch_first": True, "bidirectional": bidirectional}
     if cell == "rnn":
@@ -76,4 +92,4 @@ def build_rnn(
         CELLS[cell](input_shape[1] if i == 0 else width, hidden, **kwargs) for i in range(layers)
     ]
     norms = [make_norm(norm, (width,), norm_groups) for _ in range(layers - 1)]
-    return RecurrentClassifier(stack, norms, dropout, nn.Linear(width, num_classes))
+    return RecurrentNet(stack, norms, dropout, nn.Linear(width, num_outputs))

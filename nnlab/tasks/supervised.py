@@ -1,0 +1,110 @@
+"""What every supervised task shares: optimizer wiring and per-epoch metrics kept as tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from nnlab.tasks.optim import configure
+
+# Lightning sets these around every hook call; nn.Module's __setattr__ (parameter, buffer and
+# submodule bookkeeping) costs more than the hook itself on small data.
+_PLAIN_ATTRS = frozenset({"_current_fx_name", "_epoch_lr"})
+
+
+class LeanModule(pl.LightningModule):
+    """A LightningModule whose per-hook bookkeeping skips nn.Module's attribute machinery."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _PLAIN_ATTRS:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+
+class SupervisedTask(LeanModule):
+    """Wraps any nn.Module mapping a batch's inputs to outputs scored against its targets.
+
+    A batch is (x, y) or (x, y, lengths) for padded variable-length sequences. Each epoch
+    accumulates loss·n, the score's sum and n as tensors and logs them once: per-step `self.log`
+    and `.item()` host syncs cost more than the model itself on small data. Subclasses give
+    `_loss_and_score` and name the score (`acc`, `mae`).
+    """
+
+    score_name = "score"
+    monitor: tuple[str, str] = ("val/loss", "min")  # the metric that picks best.ckpt, and mode
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_config = scheduler
+        # Lightning validates before on_train_epoch_end, so training and evaluation each keep
+        # their own sums.
+        self._sums = {"train": torch.zeros(3), "eval": torch.zeros(3)}
+
+    def _loss_and_score(self, outputs: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The mean loss over the batch and the score summed over its samples."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, *extra: Tensor) -> Tensor:
+        return self.model(x, *extra)
+
+    def _step(self, kind: str, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        x, y, *extra = batch
+        outputs = self.model(x, *extra)
+        loss, score = self._loss_and_score(outputs, y)
+        with torch.no_grad():
+            n = y.new_tensor(len(y), dtype=torch.float32)
+            self._sums[kind] += torch.stack([loss.detach() * n, score.float(), n])
+        return loss, outputs
+
+    def _reset(self, kind: str) -> None:
+        self._sums[kind] = torch.zeros(3, device=self.device)
+
+    def _epoch_metrics(self, stage: str) -> dict[str, Tensor]:
+        loss_sum, score_sum, n = self._sums["train" if stage == "train" else "eval"]
+        return {f"{stage}/loss": loss_sum / n, f"{stage}/{self.score_name}": score_sum / n}
+
+    def on_train_epoch_start(self) -> None:
+        self._reset("train")
+        # Epoch-interval schedules step before on_train_epoch_end: note the lr this epoch used.
+        self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        return self._step("train", batch)[0]
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict({**self._epoch_metrics("train"), "train/lr": self._epoch_lr}, sync_dist=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset("eval")
+
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        self._step("eval", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self._epoch_metrics("val"), sync_dist=True)
+
+    def on_test_epoch_start(self) -> None:
+        self._reset("eval")
+
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        self._step("eval", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self._epoch_metrics("test"), sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        return configure(
+            self, self.model.parameters(), self.optimizer_factory, self.scheduler_config
+        )
