@@ -129,6 +129,98 @@ def eval_(
     out.print(f"Run directory: {result.run_dir}", highlight=False, soft_wrap=True)
 
 
+RUN_METRICS = ("val/acc", "test/acc", "test/loss", "test/mae", "test/sample_score")
+
+
+@app.command("runs")
+def runs_(
+    sort: str | None = typer.Option(None, help="Metric to sort by, best first: val/acc ..."),
+    filter_: list[str] | None = typer.Option(
+        None, "--filter", help="key=value, repeatable: model=cnn, optimizer.lr=0.01, status=failed"
+    ),
+    last: int | None = typer.Option(None, min=1, help="Only the N most recent runs."),
+    output_dir: Path = typer.Option(Path("outputs"), help="Where runs live."),
+) -> None:
+    """Table of runs: settings, key metrics, wall time and status (finished, failed, ...).
+
+    Examples:
+
+      nnlab runs
+
+      nnlab runs --sort val/acc --filter model=cnn --last 20
+
+      nnlab runs --filter status=failed
+    """
+    from nnlab import runs
+
+    with user_errors():
+        found = [runs.summary(run) for run in runs.list_runs(output_dir)]
+        chosen = runs.select(found, filter_ or [], sort, last)
+    if not found:
+        out.print(f"No runs in {runs.runs_root(output_dir)} yet: `nnlab train` makes one.")
+        return
+    metrics = [m for m in RUN_METRICS if any(m in s for s in chosen)]
+    if sort and sort not in metrics:
+        metrics.insert(0, sort)
+    table = Table(title=f"{len(chosen)} of {len(found)} runs", header_style="bold")
+    for column in ("run", "model", "data", "optimizer", "norm", *metrics, "wall s", "status"):
+        table.add_column(column, justify="right" if "/" in column or column == "wall s" else "left")
+    for s in chosen:
+        settings = s["settings"]
+        table.add_row(
+            s["run"],
+            *(str(settings.get(group, "")) for group in ("model", "data", "optimizer", "norm")),
+            *(_fmt(s[m]) if m in s else "" for m in metrics),
+            f"{s['wall_time_s']:.1f}" if "wall_time_s" in s else "",
+            s["status"],
+        )
+    # Piped output gets 80 columns from Rich; a run table needs more to stay readable.
+    Console(width=None if out.is_terminal else 200).print(table)
+
+
+@app.command()
+def board(
+    port: int = typer.Option(6006, help="Port to serve on; 0 picks a free one."),
+    host: str = typer.Option("127.0.0.1", help="Interface; 0.0.0.0 shares it on the network."),
+    output_dir: Path = typer.Option(Path("outputs"), help="Where runs live."),
+) -> None:
+    """Start TensorBoard on every run under outputs/ and print its URL; Ctrl-C stops it.
+
+    Examples:
+
+      nnlab board
+
+      nnlab board --port 6007 --output-dir /mnt/experiments
+    """
+    import time
+
+    with user_errors():
+        if not output_dir.is_dir():
+            raise UserError(
+                f"{output_dir} does not exist yet: train a run first (`nnlab train`), or point "
+                f"--output-dir at the folder that holds runs/."
+            )
+        from tensorboard import program
+
+        server = program.TensorBoard()
+        server.configure(
+            argv=[None, "--logdir", str(output_dir), "--port", str(port), "--host", host]
+        )
+        try:
+            url = server.launch()
+        except program.TensorBoardServerException as e:
+            raise UserError(
+                f"TensorBoard cannot serve on {host}:{port} ({e.msg}). Choose another port with "
+                f"--port, or --port 0 for any free one."
+            ) from None
+    out.print(f"TensorBoard: {url}  (runs in {output_dir}; Ctrl-C stops it)", highlight=False)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        out.print("TensorBoard stopped.")
+
+
 @app.command(context_settings={"ignore_unknown_options": True})
 def config(
     overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),

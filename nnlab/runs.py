@@ -101,3 +101,65 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether smaller values of a metric are better (losses, errors, times)."""
+    return any(word in metric for word in ("loss", "mse", "mae", "err", "time"))
+
+
+def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} → {"a.b": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def summary(run: Path) -> dict[str, Any]:
+    """What `nnlab runs` shows about one run: its metrics.json plus name, date and settings."""
+    import yaml
+
+    metrics = read_json(run / METRICS)
+    config = yaml.safe_load((run / CONFIG).read_text()) or {}
+    settings = _flatten(config)
+    settings.update(metrics.get("choices", {}))  # model=cnn matches the group choice
+    return {
+        "run": run.name,
+        "date": run.name[:19].replace("_", " "),
+        "status": metrics.get("status", "unknown"),
+        "settings": settings,
+        **{k: v for k, v in metrics.items() if k not in ("choices", "versions")},
+    }
+
+
+def select(
+    summaries: list[dict[str, Any]], filters: list[str], sort: str | None, last: int | None
+) -> list[dict[str, Any]]:
+    """Runs matching every key=value filter (group choice or config key), sorted best first by
+    `sort` (runs without that metric go last), then the last N."""
+    chosen = summaries
+    for item in filters:
+        key, sep, wanted = item.partition("=")
+        if not sep:
+            raise UserError(f"Bad filter '{item}': write key=value, for example model=cnn.")
+        known = {k for s in summaries for k in (*s["settings"], "status")}
+        if summaries and key not in known:
+            raise UserError(f"Unknown filter key '{key}'." + did_you_mean(key, sorted(known)))
+        chosen = [s for s in chosen if str(s["settings"].get(key, s.get(key))) == wanted]
+    if last:
+        chosen = chosen[-last:]
+    if sort:
+        metrics = {k for s in summaries for k in s if "/" in k or k.endswith("_s")}
+        if summaries and sort not in metrics:
+            raise UserError(
+                f"No run has the metric '{sort}'. Metrics: {', '.join(sorted(metrics))}."
+                + did_you_mean(sort, sorted(metrics))
+            )
+        sign = 1 if lower_is_better(sort) else -1
+        has = [s for s in chosen if isinstance(s.get(sort), (int, float))]
+        chosen = sorted(has, key=lambda s: sign * s[sort]) + [s for s in chosen if s not in has]
+    return chosen

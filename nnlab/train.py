@@ -154,8 +154,8 @@ def _trainer(
     # Validate at least once (at the end), or no metric would ever pick best.ckpt.
     args["check_val_every_n_epoch"] = min(args["check_val_every_n_epoch"], args["max_epochs"])
     monitor = cfg.callbacks.monitor or task.monitor[0]
-    lower_is_better = any(word in monitor for word in ("loss", "mse", "mae", "err"))
-    guessed = task.monitor[1] if monitor == task.monitor[0] else ("max", "min")[lower_is_better]
+    lower = runs.lower_is_better(monitor)
+    guessed = task.monitor[1] if monitor == task.monitor[0] else ("max", "min")[lower]
     mode = cfg.callbacks.mode or guessed
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(
@@ -261,6 +261,10 @@ def train(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> Res
 
         (run_dir / "error.log").write_text(traceback.format_exc())
         raise TrainingError(f"{type(err).__name__}: {err}", run_dir) from err
+    except BaseException:
+        # SIGTERM (Lightning raises SystemExit for it) or a second Ctrl-C: not a failure.
+        summary["status"] = "interrupted"
+        raise
     finally:
         summary["wall_time_s"] = time.perf_counter() - start
         runs.write_json(run_dir / runs.METRICS, summary)

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from nnlab.models.gan import build_gan
 from tests.helpers import QUICK, assert_clear_error, metrics_of
@@ -48,6 +49,10 @@ def test_gan_trains_judges_samples_and_writes_a_grid(nnlab, in_shared):
     assert (run / "samples.png").read_bytes().startswith(PNG)
     assert (run / "checkpoints" / "best.ckpt").exists()
     assert list((in_shared / "outputs" / "reference").glob("DigitsDataModule-*.pt"))
+    events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert len(events.Images("samples")) == 2, "one sample grid per epoch"
+    assert {"train/loss_g", "train/loss_d", "val/sample_score"} <= set(events.Tags()["scalars"])
 
 
 def test_reference_classifier_is_cached_and_runs_do_not_depend_on_the_cache(nnlab, in_shared):

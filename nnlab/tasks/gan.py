@@ -141,6 +141,7 @@ class GanTask(LeanModule):
     def on_train_epoch_end(self) -> None:
         loss_g, loss_d, n = self._sums
         self.log_dict({"train/loss_g": loss_g / n, "train/loss_d": loss_d / n}, sync_dist=True)
+        self._log_grid()  # cheap, unlike judging: every epoch, so TensorBoard shows G's progress
         self._step_schedulers("epoch")
 
     def _step_schedulers(self, interval: str) -> None:
@@ -176,7 +177,6 @@ class GanTask(LeanModule):
     def on_validation_epoch_end(self) -> None:
         # The same noise every epoch, so the score moves only because G did.
         self._log_eval("val", seed=1)
-        self._log_grid()
 
     def on_test_epoch_start(self) -> None:
         self._reset_d_real()
