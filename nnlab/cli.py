@@ -3,6 +3,8 @@ so that `nnlab --help` stays fast."""
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,7 +69,15 @@ def results_table(title: str, metrics: dict[str, Any], keys: list[str]) -> Table
 
 
 @app.command(context_settings={"ignore_unknown_options": True})
-def train(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
+def train(
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    multirun: bool = typer.Option(
+        False, "-m", "--multirun", help="One run per combination of comma-separated values."
+    ),
+    from_sweep: str | None = typer.Option(
+        None, help="Start from the best trial's overrides of outputs/sweeps/<name>/best.yaml."
+    ),
+) -> None:
     """Train a model; every run gets its own directory under outputs/runs/.
 
     Examples:
@@ -81,25 +91,43 @@ def train(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP
       nnlab train model=rnn data=digits_seq model.cell=gru
 
       nnlab train data=mnist data.root=~/datasets model=cnn
+
+      nnlab train -m optimizer=sgd,adam norm=none,batch      # 4 runs
+
+      nnlab train --from-sweep mlp_digits trainer.max_epochs=30
     """
     overrides = overrides or []
     with user_errors():
+        from nnlab import sweep as sweeps
         from nnlab.config import compose_config
 
-        cfg, choices = compose_config(overrides)
+        if from_sweep:
+            overrides = [*sweeps.best_overrides(from_sweep), *overrides]
+        combinations = sweeps.expand_multirun(overrides) if multirun else [overrides]
+        # Every combination must compose before the first run starts.
+        configs = [(compose_config(c), c) for c in combinations]
         from nnlab.train import TrainingError
         from nnlab.train import train as run_training
 
-        try:
-            result = run_training(cfg, choices, overrides)
-        except TrainingError as e:
-            err.print(f"[bold red]Training failed:[/] {e}", highlight=False, soft_wrap=True)
-            err.print(f"Traceback and partial results: {e.run_dir}", highlight=False)
-            raise typer.Exit(1) from None
-    m = result.metrics
-    keys = [*_stage_keys(m, ("train/", "val/", "test/")), "epochs", "params", "wall_time_s"]
-    out.print(results_table(f"{choices['model']} on {choices['data']}: {m['status']}", m, keys))
-    out.print(f"Run directory: {result.run_dir}", highlight=False, soft_wrap=True)
+        results = []
+        for (cfg, choices), combination in configs:
+            try:
+                results.append((run_training(cfg, choices, combination), choices, combination))
+            except TrainingError as e:
+                err.print(f"[bold red]Training failed:[/] {e}", highlight=False, soft_wrap=True)
+                err.print(f"Traceback and partial results: {e.run_dir}", highlight=False)
+                if not multirun:
+                    raise typer.Exit(1) from None
+    for result, choices, combination in results:
+        m = result.metrics
+        keys = [*_stage_keys(m, ("train/", "val/", "test/")), "epochs", "params", "wall_time_s"]
+        title = f"{choices['model']} on {choices['data']}: {m['status']}"
+        if multirun:
+            title += f" ({' '.join(combination)})"
+        out.print(results_table(title, m, keys))
+        out.print(f"Run directory: {result.run_dir}", highlight=False, soft_wrap=True)
+    if multirun and len(results) < len(configs):
+        raise typer.Exit(1)
 
 
 @app.command("eval", context_settings={"ignore_unknown_options": True})
@@ -129,6 +157,154 @@ def eval_(
     out.print(f"Run directory: {result.run_dir}", highlight=False, soft_wrap=True)
 
 
+def _sweep_arguments(arguments: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Split `sweep=<name>` / `sweep.<key>=<value>` settings from the search-space overrides;
+    settings come from conf/sweep/<name>.yaml first, then from the command line."""
+    from omegaconf import OmegaConf
+
+    from nnlab.config import conf_dir, groups
+
+    settings: dict[str, Any] = {}
+    rest: list[str] = []
+    for argument in arguments:
+        key, _, value = argument.partition("=")
+        if key == "sweep":
+            known = groups().get("sweep", [])
+            if value not in known:
+                from nnlab.errors import choice_error
+
+                raise choice_error("sweep", value, known)
+            preset = OmegaConf.to_container(OmegaConf.load(conf_dir() / "sweep" / f"{value}.yaml"))
+            space = preset.pop("space", {}) or {}
+            rest = [
+                *(preset.pop("fixed", []) or []),
+                *(f"{k}={v}" for k, v in space.items()),
+                *rest,
+            ]
+            settings = {**preset, "name": value, **settings}
+        elif key.startswith("sweep."):
+            settings[key.removeprefix("sweep.")] = value
+        else:
+            rest.append(argument)
+    return settings, rest
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def sweep(
+    space: list[str] | None = typer.Argument(
+        None, help="Swept and fixed overrides; sweep=<name> loads conf/sweep/<name>.yaml."
+    ),
+    trials: int | None = typer.Option(None, min=1, help="Total trials across all workers [20]."),
+    jobs: int = typer.Option(1, min=1, help="Worker processes on this machine."),
+    name: str | None = typer.Option(None, help="Sweep name: outputs/sweeps/<name>/ [sweep]."),
+    sampler: str = typer.Option("tpe", help="tpe, random or grid."),
+    pruner: str = typer.Option("median", help="median or none."),
+    storage: str | None = typer.Option(
+        None, help="Optuna RDB URL (postgresql://..., sqlite:///...); default: a journal file."
+    ),
+    study: str | None = typer.Option(None, help="Study name in the storage [the sweep name]."),
+    seed: int = typer.Option(0, help="Sampler seed."),
+    output_dir: Path = typer.Option(Path("outputs"), help="Where runs and sweeps live."),
+) -> None:
+    """Search hyperparameters with Optuna; every trial is a normal run. Re-run to resume.
+
+    Examples:
+
+      nnlab sweep 'optimizer=choice(sgd,momentum,adam)' 'optimizer.lr=tag(log,interval(1e-4,1e-1))'
+      'model.hidden=range(64,512,step=64)' trainer.max_epochs=10 --trials 30 --jobs 2
+
+      nnlab sweep sweep=mlp_digits --jobs 2
+
+      nnlab sweep 'norm=none,batch,layer' sweep.metric=val/loss --sampler grid
+
+      nnlab sweep sweep=mlp_digits --storage postgresql://user@db/nnlab --study mlp
+    """
+    with user_errors():
+        from nnlab import runs
+        from nnlab import sweep as sweeps
+
+        settings, arguments = _sweep_arguments(space or [])
+        distributions, grid, fixed = sweeps.parse_space(arguments)
+        metric = str(settings.get("metric", "val/acc"))
+        lower = runs.lower_is_better(metric)
+        total = trials or int(settings.get("trials", 20))
+        if sampler == "grid":
+            total = min(total, math.prod(len(v) for v in grid.values()) if grid else total)
+        job = sweeps.Sweep(
+            name=name or str(settings.get("name", "sweep")),
+            space=distributions,
+            grid=grid,
+            fixed=fixed,
+            trials=total,
+            metric=metric,
+            direction=str(settings.get("direction", ("maximize", "minimize")[lower])),
+            sampler=sampler,
+            pruner=pruner,
+            storage=storage,
+            study=study,
+            output_dir=str(output_dir),
+            seed=seed,
+            threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0,
+        )
+        sweeps.check(job)
+        out.print(
+            f"Sweep {job.name}: {job.trials} trials, {jobs} worker(s), {job.sampler} sampler, "
+            f"{job.direction} {job.metric}. Study: {job.storage or job.directory / sweeps.JOURNAL}",
+            highlight=False,
+        )
+        try:
+            result = sweeps.run(job, jobs)
+        except KeyboardInterrupt:
+            err.print("Sweep stopped. Run the same command again to resume it.")
+            raise typer.Exit(130) from None
+        best_file = sweeps.write_best(job, result)
+    _print_sweep(job, result, best_file)
+
+
+def _print_sweep(job: Any, study: Any, best_file: Path | None) -> None:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    done.sort(key=lambda t: t.value, reverse=job.direction == "maximize")
+    table = Table(title=f"best trials of {job.name} ({job.metric})", header_style="bold")
+    for column in ("trial", job.metric, "overrides"):
+        table.add_column(column, justify="right" if column != "overrides" else "left")
+    for t in done[:5]:
+        table.add_row(
+            str(t.number), _fmt(t.value), " ".join(f"{k}={v}" for k, v in t.params.items())
+        )
+    Console(width=None if out.is_terminal else 200).print(table)
+    states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    out.print(", ".join(f"{n} {s}" for s, n in states.items() if n), highlight=False)
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            why = "interrupted (will be rerun)" if t.user_attrs.get("interrupted") else ""
+            out.print(
+                f"failed trial {t.number}: {why or t.user_attrs.get('error', '?')}",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if len(done) >= 2:
+        import optuna
+
+        try:
+            importances = optuna.importance.get_param_importances(study)
+            out.print(
+                "parameter importances: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()),
+                highlight=False,
+            )
+        except (RuntimeError, ValueError):
+            pass  # e.g. every completed trial has the same value
+    if best_file is not None:
+        out.print(
+            f"Best overrides: {best_file}  (nnlab train --from-sweep {job.name})",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 RUN_METRICS = ("val/acc", "test/acc", "test/loss", "test/mae", "test/sample_score")
 
 
@@ -139,6 +315,7 @@ def runs_(
         None, "--filter", help="key=value, repeatable: model=cnn, optimizer.lr=0.01, status=failed"
     ),
     last: int | None = typer.Option(None, min=1, help="Only the N most recent runs."),
+    sweep: str | None = typer.Option(None, help="List the trials of this sweep instead."),
     output_dir: Path = typer.Option(Path("outputs"), help="Where runs live."),
 ) -> None:
     """Table of runs: settings, key metrics, wall time and status (finished, failed, ...).
@@ -150,14 +327,17 @@ def runs_(
       nnlab runs --sort val/acc --filter model=cnn --last 20
 
       nnlab runs --filter status=failed
+
+      nnlab runs --sweep mlp_digits --sort val/acc
     """
     from nnlab import runs
 
     with user_errors():
-        found = [runs.summary(run) for run in runs.list_runs(output_dir)]
+        root = output_dir / "sweeps" / sweep / "trials" if sweep else runs.runs_root(output_dir)
+        found = [runs.summary(run) for run in runs.list_runs(output_dir, root)]
         chosen = runs.select(found, filter_ or [], sort, last)
     if not found:
-        out.print(f"No runs in {runs.runs_root(output_dir)} yet: `nnlab train` makes one.")
+        out.print(f"No runs in {root} yet: `nnlab train` makes one.")
         return
     metrics = [m for m in RUN_METRICS if any(m in s for s in chosen)]
     if sort and sort not in metrics:

@@ -26,13 +26,12 @@ def runs_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / RUNS
 
 
-def create_run_dir(output_dir: str | Path, name: str) -> Path:
-    """A new, empty run directory `<timestamp>_<name>[-N]`; never reuses an existing one.
+def create_run_dir(root: Path, name: str) -> Path:
+    """A new, empty run directory `<root>/<timestamp>_<name>[-N]`; never reuses an existing one.
 
     mkdir is atomic, so two runs started in the same second (even in two processes) each get
     their own directory.
     """
-    root = runs_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "run"
     base = f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{safe}"
@@ -46,9 +45,10 @@ def create_run_dir(output_dir: str | Path, name: str) -> Path:
     raise RuntimeError(f"could not create a run directory under {root}")
 
 
-def list_runs(output_dir: str | Path) -> list[Path]:
-    """Run directories, oldest first."""
-    root = runs_root(output_dir)
+def list_runs(output_dir: str | Path, root: Path | None = None) -> list[Path]:
+    """Run directories under <output_dir>/runs (or `root`, e.g. a sweep's trials/), oldest
+    first."""
+    root = root or runs_root(output_dir)
     if not root.is_dir():
         return []
     runs = [d for d in root.iterdir() if d.is_dir() and (d / CONFIG).exists()]

@@ -207,19 +207,32 @@ def _save_samples(task: pl.LightningModule, directory: Path) -> None:
         task.save_grid(directory / runs.SAMPLES)
 
 
-def train(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> Result:
-    """Train one run end to end; returns its directory and final metrics."""
+def train(
+    cfg: DictConfig,
+    choices: dict[str, str],
+    overrides: list[str],
+    runs_dir: Path | None = None,
+    callbacks: list[pl.Callback] | None = None,
+) -> Result:
+    """Train one run end to end; returns its directory and final metrics.
+
+    `runs_dir` puts the run directory somewhere other than <output_dir>/runs (sweep trials);
+    `callbacks` are added to the trainer's own.
+    """
     _quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Everything that can reject the user's input happens before the run directory exists.
     datamodule, task = build(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
-    run_dir = runs.create_run_dir(cfg.output_dir, run_name(cfg, choices))
+    run_dir = runs.create_run_dir(
+        runs_dir or runs.runs_root(cfg.output_dir), run_name(cfg, choices)
+    )
     OmegaConf.save(OmegaConf.create(resolved), run_dir / runs.CONFIG)
     OmegaConf.save(OmegaConf.create({"overrides": list(overrides)}), run_dir / runs.OVERRIDES)
     try:
-        trainer = _trainer(cfg, run_dir, task, [ConfigStamp(resolved, nnlab.__version__)])
+        stamp = ConfigStamp(resolved, nnlab.__version__)
+        trainer = _trainer(cfg, run_dir, task, [stamp, *(callbacks or [])])
     except Exception as err:
         # Only bad trainer settings fail here (accelerator=gpu without a GPU, an unknown
         # argument, ...): the directory made a moment ago holds nothing but the config, so it
