@@ -165,24 +165,15 @@ def open_study(sweep: Sweep) -> Any:
     else:
         sweep.directory.mkdir(parents=True, exist_ok=True)
         storage = JournalStorage(JournalFileBackend(str(sweep.directory / JOURNAL)))
-    seed = sweep.seed + 1000 * sweep.worker
-    samplers = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
-        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-        # The grid is enqueued once, up front (see run): Optuna's GridSampler stops the study
-        # from inside ask/tell loops, and a queue is what resuming and many workers need.
-        "grid": lambda: optuna.samplers.RandomSampler(seed=seed),
-    }
     pruner = (
         optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
         if sweep.pruner == "median"
         else optuna.pruners.NopPruner()
     )
     try:
-        return optuna.create_study(
+        study = optuna.create_study(
             study_name=sweep.study_name,
             storage=storage,
-            sampler=samplers[sweep.sampler](),
             pruner=pruner,
             direction=sweep.direction,
             load_if_exists=True,
@@ -193,6 +184,16 @@ def open_study(sweep: Sweep) -> Any:
         raise UserError(
             f"Cannot open the study storage {sweep.storage!r}: {type(err).__name__}: {err}"
         ) from None
+    # Workers, and a resumed sweep, must not replay the same random proposals: the seed moves
+    # with the worker index and with the trials the study already has.
+    seed = sweep.seed + 1000 * sweep.worker + len(study.get_trials(deepcopy=False))
+    if sweep.sampler == "tpe":
+        study.sampler = optuna.samplers.TPESampler(seed=seed)
+    else:
+        # grid: the points are enqueued up front (see run): Optuna's GridSampler stops the study
+        # from inside ask/tell loops, and a queue is what resuming and many workers need.
+        study.sampler = optuna.samplers.RandomSampler(seed=seed)
+    return study
 
 
 def _counts_toward_budget(trial: Any) -> bool:
@@ -272,6 +273,7 @@ def work(sweep: Sweep) -> None:
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             study.tell(trial, state=TrialState.FAIL)
+            study.enqueue_trial(trial.params)  # a resumed sweep runs the same point again
             return
         except Exception as err:  # a crashed or diverged trial fails alone; the sweep goes on
             trial.set_user_attr("error", _one_line(err))
