@@ -22,6 +22,8 @@ app = typer.Typer(
     "  nnlab train                                  # MLP on the bundled digits\n\n"
     "  nnlab train model=cnn optimizer=momentum norm=batch\n\n"
     "  nnlab eval latest                            # test the newest run again\n\n"
+    "  nnlab sweep sweep=mlp_digits --jobs 2        # Optuna search, 2 workers\n\n"
+    "  nnlab runs --sort val/acc                    # compare runs\n\n"
     "  nnlab config --list                          # every config group and choice",
     no_args_is_help=True,
     add_completion=False,
