@@ -1,0 +1,1 @@
+"""From-scratch reference math (backprop, optimizer update rules) that checks the library."""
