@@ -111,6 +111,7 @@ def train(
         from nnlab.train import TrainingError
         from nnlab.train import train as run_training
 
+        _show_gradient_warnings_plainly()
         results = []
         for (cfg, choices), combination in configs:
             try:
@@ -130,6 +131,23 @@ def train(
         out.print(f"Run directory: {result.run_dir}", highlight=False, soft_wrap=True)
     if multirun and len(results) < len(configs):
         raise typer.Exit(1)
+
+
+def _show_gradient_warnings_plainly() -> None:
+    """Gradient-flow warnings are advice for the user: one readable line, no source excerpt."""
+    import warnings
+
+    from nnlab.callbacks.grad_flow import GradientFlowWarning
+
+    original = warnings.showwarning
+
+    def show(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, GradientFlowWarning):
+            err.print(f"[bold yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
+        else:
+            original(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
 
 
 @app.command("eval", context_settings={"ignore_unknown_options": True})

@@ -231,6 +231,8 @@ class CallbacksSchema:
     monitor: Optional[str] = spec()  # noqa: UP045
     mode: Optional[str] = spec(choices=("min", "max"))  # noqa: UP045
     early_stopping_patience: int = spec(ge=0)
+    grad_flow: bool = spec()
+    grad_flow_every: int = spec(ge=1)
 
 
 # group → choice → schema. "*" applies to any choice of the group (including user-added ones).

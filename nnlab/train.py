@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 import nnlab
 from nnlab import runs
 from nnlab.callbacks.config_stamp import ConfigStamp
+from nnlab.callbacks.grad_flow import GradientFlow
 from nnlab.data.base import TensorDataModule
 from nnlab.errors import UserError
 from nnlab.models.gan import GAN
@@ -28,6 +29,7 @@ from nnlab.reference import reference_judge
 from nnlab.tasks import gan as gan_task
 from nnlab.tasks.classification import ClassificationTask
 from nnlab.tasks.sequence import RegressionTask
+from nnlab.tasks.supervised import SupervisedTask
 
 
 class TrainingError(Exception):
@@ -232,7 +234,12 @@ def train(
     OmegaConf.save(OmegaConf.create({"overrides": list(overrides)}), run_dir / runs.OVERRIDES)
     try:
         stamp = ConfigStamp(resolved, nnlab.__version__)
-        trainer = _trainer(cfg, run_dir, task, [stamp, *(callbacks or [])])
+        extra = [stamp, *(callbacks or [])]
+        flow = None
+        if cfg.callbacks.grad_flow and isinstance(task, SupervisedTask):
+            flow = GradientFlow(every=cfg.callbacks.grad_flow_every)
+            extra.append(flow)
+        trainer = _trainer(cfg, run_dir, task, extra)
     except Exception as err:
         # Only bad trainer settings fail here (accelerator=gpu without a GPU, an unknown
         # argument, ...): the directory made a moment ago holds nothing but the config, so it
@@ -253,6 +260,10 @@ def train(
         summary["fit_time_s"] = time.perf_counter() - start
         summary["epochs"] = trainer.current_epoch
         summary.update(_prefixed(trainer.callback_metrics, "train/"))
+        if flow is not None and flow.summary:
+            summary["grad_norms"] = flow.summary  # last epoch's mean per layer
+            summary["grad_ratio_first_last"] = flow.ratios[-1]
+            summary["warnings"] = sorted(flow.warned)
         if trainer.interrupted:
             summary["status"] = "interrupted"
             return Result(run_dir, summary)

@@ -1,0 +1,71 @@
+"""Gradient-flow diagnostics: per-layer norms in TensorBoard, vanishing/exploding warnings
+(issue 5, second part)."""
+
+from __future__ import annotations
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.helpers import metrics_of, only_run
+
+DEEP = [
+    "model.depth=10",
+    "model.hidden=32",
+    "trainer.max_epochs=4",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def test_deep_sigmoid_mlp_warns_of_vanishing_gradients(nnlab, workdir):
+    result = nnlab("train", *DEEP, "activation=sigmoid", "norm=none")
+    assert result.exit_code == 0, result.output
+    message = " ".join(result.output.split())
+    assert "Vanishing gradients" in message and "activation=relu" in message
+    metrics = metrics_of(only_run(workdir))
+    assert metrics["warnings"] == ["vanishing"]
+    assert metrics["grad_ratio_first_last"] < 1e-3
+    assert len(metrics["grad_norms"]) == 11, "ten hidden layers and the head"
+
+
+def test_relu_with_batch_norm_keeps_gradients_flowing(nnlab, workdir):
+    result = nnlab("train", *DEEP, "activation=relu", "norm=batch")
+    assert result.exit_code == 0, result.output
+    assert "Vanishing" not in result.output
+    metrics = metrics_of(only_run(workdir))
+    assert metrics["warnings"] == [] and metrics["grad_ratio_first_last"] > 1e-2
+
+
+def test_grad_norms_reach_tensorboard_and_can_be_turned_off(nnlab, workdir):
+    assert (
+        nnlab("train", "trainer.max_epochs=1", "trainer.enable_progress_bar=false").exit_code == 0
+    )
+    events = EventAccumulator(str(only_run(workdir) / "tb"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "grad_norm/head.weight" in tags and "update_ratio/head.weight" in tags
+    # digits: 1,257 training samples / 64 = 20 steps; sampled every 10 steps
+    assert len(events.Scalars("grad_norm/head.weight")) == 2
+
+    off = nnlab(
+        "train",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "callbacks.grad_flow=false",
+        "name=off",
+    )
+    assert off.exit_code == 0
+    (run,) = (workdir / "outputs" / "runs").glob("*_off")
+    assert "grad_norms" not in metrics_of(run)
+
+
+def test_huge_learning_rate_warns_of_exploding_gradients(nnlab, workdir):
+    result = nnlab(
+        "train",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        "optimizer=sgd",
+        "optimizer.lr=1e12",
+        "norm=none",
+    )
+    assert result.exit_code == 0, result.output
+    message = " ".join(result.output.split())
+    assert "Exploding gradients" in message and "gradient_clip_val" in message
