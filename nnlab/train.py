@@ -267,6 +267,13 @@ def train(
         if trainer.interrupted:
             summary["status"] = "interrupted"
             return Result(run_dir, summary)
+        if getattr(task, "diverged_at", None):
+            raise FloatingPointError(
+                f"training diverged: the training loss became NaN or infinite in epoch "
+                f"{task.diverged_at}, so training stopped ({runs.CHECKPOINTS}/{runs.LAST} keeps "
+                f"the last state). Lower optimizer.lr, clip gradients "
+                f"(trainer.gradient_clip_val=1.0), or add norm=batch."
+            )
         best = "best" if (run_dir / runs.CHECKPOINTS / runs.BEST).exists() else "last"
         summary["checkpoint"] = f"{runs.CHECKPOINTS}/{best}.ckpt"
         # Re-validating the best checkpoint must not add a stray point to the val curves.

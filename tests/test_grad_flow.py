@@ -57,15 +57,20 @@ def test_grad_norms_reach_tensorboard_and_can_be_turned_off(nnlab, workdir):
     assert "grad_norms" not in metrics_of(run)
 
 
-def test_huge_learning_rate_warns_of_exploding_gradients(nnlab, workdir):
+def test_nan_loss_stops_the_run_with_advice_and_keeps_last_ckpt(nnlab, workdir):
     result = nnlab(
         "train",
-        "trainer.max_epochs=2",
+        "trainer.max_epochs=5",
         "trainer.enable_progress_bar=false",
         "optimizer=sgd",
         "optimizer.lr=1e12",
         "norm=none",
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
     message = " ".join(result.output.split())
     assert "Exploding gradients" in message and "gradient_clip_val" in message
+    assert "training diverged" in message and "epoch 1" in message
+    run = only_run(workdir)
+    metrics = metrics_of(run)
+    assert metrics["status"] == "failed" and metrics["epochs"] == 1
+    assert (run / "checkpoints" / "last.ckpt").exists()

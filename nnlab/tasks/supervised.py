@@ -13,7 +13,7 @@ from nnlab.tasks.optim import configure
 
 # Lightning sets these around every hook call; nn.Module's __setattr__ (parameter, buffer and
 # submodule bookkeeping) costs more than the hook itself on small data.
-_PLAIN_ATTRS = frozenset({"_current_fx_name", "_epoch_lr"})
+_PLAIN_ATTRS = frozenset({"_current_fx_name", "_epoch_lr", "diverged_at"})
 
 
 class LeanModule(pl.LightningModule):
@@ -51,6 +51,7 @@ class SupervisedTask(LeanModule):
         # Lightning validates before on_train_epoch_end, so training and evaluation each keep
         # their own sums.
         self._sums = {"train": torch.zeros(3), "eval": torch.zeros(3)}
+        self.diverged_at: int | None = None  # the epoch whose training loss was NaN/inf
 
     def _loss_and_score(self, outputs: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """The mean loss over the batch and the score summed over its samples."""
@@ -85,6 +86,10 @@ class SupervisedTask(LeanModule):
 
     def on_train_epoch_end(self) -> None:
         self.log_dict({**self._epoch_metrics("train"), "train/lr": self._epoch_lr}, sync_dist=True)
+        # One host sync per epoch: a NaN/inf loss ends the run (last.ckpt keeps the state).
+        if not torch.isfinite(self._sums["train"][0]):
+            self.diverged_at = self.current_epoch + 1
+            self.trainer.should_stop = True
 
     def on_validation_epoch_start(self) -> None:
         self._reset("eval")
