@@ -51,6 +51,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _print_wide(table: Table) -> None:
+    # Piped output gets 80 columns from Rich; a wide table needs more to stay readable.
+    Console(width=None if out.is_terminal else 200).print(table)
+
+
 def _stage_keys(metrics: dict[str, Any], prefixes: tuple[str, ...]) -> list[str]:
     """Metric names in stage order (train, val, test), loss first within each stage."""
     return [
@@ -134,12 +139,15 @@ def train(
 
 
 def _show_gradient_warnings_plainly() -> None:
-    """Gradient-flow warnings are advice for the user: one readable line, no source excerpt."""
+    """Gradient-flow warnings are advice for the user: one readable line, no source excerpt.
+    Installed once per process (train may run many times in one, as in tests)."""
     import warnings
 
     from nnlab.callbacks.grad_flow import GradientFlowWarning
 
     original = warnings.showwarning
+    if getattr(original, "nnlab_plain", False):
+        return
 
     def show(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
         if issubclass(category, GradientFlowWarning):
@@ -147,6 +155,7 @@ def _show_gradient_warnings_plainly() -> None:
         else:
             original(message, category, *args, **kwargs)
 
+    show.nnlab_plain = True  # type: ignore[attr-defined]
     warnings.showwarning = show
 
 
@@ -294,7 +303,7 @@ def _print_sweep(job: Any, study: Any, best_file: Path | None) -> None:
         table.add_row(
             str(t.number), _fmt(t.value), " ".join(f"{k}={v}" for k, v in t.params.items())
         )
-    Console(width=None if out.is_terminal else 200).print(table)
+    _print_wide(table)
     states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     out.print(", ".join(f"{n} {s}" for s, n in states.items() if n), highlight=False)
     for t in trials:
@@ -455,8 +464,7 @@ def runs_(
             f"{s['wall_time_s']:.1f}" if "wall_time_s" in s else "",
             s["status"],
         )
-    # Piped output gets 80 columns from Rich; a run table needs more to stay readable.
-    Console(width=None if out.is_terminal else 200).print(table)
+    _print_wide(table)
 
 
 @app.command()

@@ -29,41 +29,37 @@ class TrainSchema:
 
 
 @dataclass
-class MLPSchema:
+class LayersSchema:
+    """Fields every network built from nnlab's shared layers has (norm and activation groups)."""
+
     _target_: str = spec()
-    hidden: int = spec(ge=1)
-    depth: int = spec(ge=0)
     dropout: float = spec(ge=0.0, lt=1.0)
-    residual: bool = spec()
     norm: str = spec()
     norm_groups: int = spec(ge=1)
     activation: str = spec()
 
 
 @dataclass
-class CNNSchema:
-    _target_: str = spec()
+class MLPSchema(LayersSchema):
+    hidden: int = spec(ge=1)
+    depth: int = spec(ge=0)
+    residual: bool = spec()
+
+
+@dataclass
+class CNNSchema(LayersSchema):
     channels: List[int] = spec()  # noqa: UP006
     kernel_size: int = spec(ge=1)
     residual: bool = spec()
     fc_hidden: int = spec(ge=0)
-    dropout: float = spec(ge=0.0, lt=1.0)
-    norm: str = spec()
-    norm_groups: int = spec(ge=1)
-    activation: str = spec()
 
 
 @dataclass
-class RNNSchema:
-    _target_: str = spec()
+class RNNSchema(LayersSchema):
     cell: str = spec(choices=("lstm", "gru", "rnn"))
     hidden: int = spec(ge=1)
     layers: int = spec(ge=1)
     bidirectional: bool = spec()
-    dropout: float = spec(ge=0.0, lt=1.0)
-    norm: str = spec()
-    norm_groups: int = spec(ge=1)
-    activation: str = spec()
 
 
 @dataclass

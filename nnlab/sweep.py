@@ -378,7 +378,7 @@ def run(sweep: Sweep, jobs: int) -> Any:
             for worker in workers:
                 worker.join(timeout=60)  # they got the Ctrl-C too and stop their trial
             raise
-    return open_study(sweep)
+    return study  # its storage reads the workers' trials back on every query
 
 
 def write_best(sweep: Sweep, study: Any) -> Path | None:

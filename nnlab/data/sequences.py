@@ -49,10 +49,11 @@ class GeneratedSequences(TensorDataModule):
         tensors = self.generate(self.samples, torch.Generator().manual_seed(self.split_seed))
         n_test = round(self.samples * self.test_fraction)
         n_val = round(self.samples * self.val_fraction)
-        bounds = {"train": (0, self.samples - n_val - n_test)}
-        bounds["val"] = (bounds["train"][1], self.samples - n_test)
-        bounds["test"] = (self.samples - n_test, self.samples)
-        self.splits = {name: tuple(t[a:b] for t in tensors) for name, (a, b) in bounds.items()}
+        cuts = (0, self.samples - n_val - n_test, self.samples - n_test, self.samples)
+        self.splits = {
+            name: tuple(t[start:end] for t in tensors)
+            for name, start, end in zip(("train", "val", "test"), cuts, cuts[1:], strict=False)
+        }
 
 
 class AddingDataModule(GeneratedSequences):

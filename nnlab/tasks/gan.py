@@ -14,7 +14,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from nnlab.errors import choice_error
 from nnlab.models.gan import GAN
 from nnlab.reference import Judge
-from nnlab.tasks.optim import make_scheduler
+from nnlab.tasks.optim import optimizer_with_schedule
 from nnlab.tasks.supervised import LeanModule
 
 OBJECTIVES = ("non_saturating", "minimax")
@@ -145,13 +145,10 @@ class GanTask(LeanModule):
         self._step_schedulers("epoch")
 
     def _step_schedulers(self, interval: str) -> None:
-        for scheduler, when in zip(self._schedulers(), self._intervals, strict=True):
-            if when == interval:
-                scheduler.step()
-
-    def _schedulers(self) -> list[Any]:
-        found = self.lr_schedulers()
-        return [] if found is None else found if isinstance(found, list) else [found]
+        # Manual optimization: Lightning keeps the schedules but leaves stepping them to us.
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval == interval:
+                config.scheduler.step()
 
     # -- validation and test: D on held-out real images, the judge on fresh samples -----------
     def _reset_d_real(self) -> None:
@@ -208,14 +205,13 @@ class GanTask(LeanModule):
         save_image(self._grid(), path)
 
     def configure_optimizers(self) -> Any:
-        optimizers, schedulers, self._intervals = [], [], []
+        total = self.trainer.estimated_stepping_batches
+        optimizers, schedulers = [], []
         for net, lr in ((self.model.generator, self.lr_g), (self.model.discriminator, self.lr_d)):
-            opt = self.optimizer_factory(net.parameters(), **({} if lr is None else {"lr": lr}))
-            config = dict(self.scheduler_config)
-            total = self.trainer.estimated_stepping_batches
-            schedule = make_scheduler(opt, config.pop("name"), total, **config)
+            opt, schedule = optimizer_with_schedule(
+                net.parameters(), self.optimizer_factory, self.scheduler_config, total, lr
+            )
             optimizers.append(opt)
             if schedule is not None:
                 schedulers.append(schedule)
-                self._intervals.append(schedule["interval"])
         return optimizers, schedulers

@@ -43,6 +43,20 @@ def make_scheduler(
     raise choice_error("scheduler", name, SCHEDULERS)
 
 
+def optimizer_with_schedule(
+    params: Iterable[torch.nn.Parameter],
+    optimizer: Callable[..., torch.optim.Optimizer],
+    scheduler: dict[str, Any],
+    total_steps: int,
+    lr: float | None = None,
+) -> tuple[torch.optim.Optimizer, dict[str, Any] | None]:
+    """The optimizer over `params` (with `lr` instead of the configured one, if given) and its
+    Lightning lr_scheduler dict, or None for a constant learning rate."""
+    opt = optimizer(params, **({} if lr is None else {"lr": lr}))
+    config = dict(scheduler)
+    return opt, make_scheduler(opt, config.pop("name"), total_steps, **config)
+
+
 def configure(
     module: Any,
     params: Iterable[torch.nn.Parameter],
@@ -50,9 +64,6 @@ def configure(
     scheduler: dict[str, Any],
 ) -> Any:
     """What LightningModule.configure_optimizers returns for one optimizer and its schedule."""
-    opt = optimizer(params)
-    config = dict(scheduler)
-    schedule = make_scheduler(
-        opt, config.pop("name"), module.trainer.estimated_stepping_batches, **config
-    )
+    total = module.trainer.estimated_stepping_batches
+    opt, schedule = optimizer_with_schedule(params, optimizer, scheduler, total)
     return opt if schedule is None else {"optimizer": opt, "lr_scheduler": schedule}
