@@ -360,7 +360,7 @@ def _check_table(title: str, columns: list[str], rows: list[list[str]], worst: f
 def check_backprop(overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP)) -> None:
     """Gradients from the four backprop equations vs autograd, per layer, in float64.
 
-    Every activation and both costs unless activation= or loss= is given; the MLP's sizes come
+    Every activation and cost unless activation= or loss= is given; the MLP's sizes come
     from model.hidden and model.depth (digits: 64 inputs, 10 outputs).
 
     Examples:
@@ -379,8 +379,10 @@ def check_backprop(overrides: list[str] | None = typer.Argument(None, help=OVERR
             raise UserError("nnlab check backprop checks the MLP: leave model= at mlp.")
         typed = {o.partition("=")[0] for o in overrides}
         activations = [cfg.activation.kind] if "activation" in typed else list(ACTIVATIONS)
-        costs = {"cross_entropy": "cross_entropy", "mse": "quadratic"}
-        chosen = [costs[cfg.loss]] if "loss" in typed else list(costs.values())
+        # loss=mse is the quadratic cost; checked on σ outputs (classic backprop) and on the
+        # softmax outputs nnlab's loss=mse trains with
+        costs = {"cross_entropy": ["cross_entropy"], "mse": ["quadratic", "softmax_quadratic"]}
+        chosen = costs[cfg.loss] if "loss" in typed else [c for cs in costs.values() for c in cs]
         sizes = [64, *[cfg.model.hidden] * cfg.model.depth, 10]
         rows, worst = [], 0.0
         for activation in activations:

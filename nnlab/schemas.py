@@ -44,6 +44,7 @@ class MLPSchema(LayersSchema):
     hidden: int = spec(ge=1)
     depth: int = spec(ge=0)
     residual: bool = spec()
+    engine: str = spec(choices=("autograd", "scratch"))
 
 
 @dataclass

@@ -26,6 +26,8 @@ from nnlab.models.gan import GAN
 from nnlab.models.layers import count_parameters
 from nnlab.models.rnn import RecurrentNet
 from nnlab.reference import reference_judge
+from nnlab.scratch.engine import BackpropMLP
+from nnlab.scratch.optim import scratch_optimizer
 from nnlab.tasks import gan as gan_task
 from nnlab.tasks.classification import ClassificationTask
 from nnlab.tasks.sequence import RegressionTask
@@ -102,7 +104,15 @@ def build(cfg: DictConfig) -> tuple[TensorDataModule, pl.LightningModule]:
             "which only model=rnn reads (it packs them). Use model=rnn, or set "
             "data.min_length=null for sequences all of one length."
         )
-    optimizer = _instantiate(cfg.optimizer, _convert_="all")  # plain betas: no omegaconf in ckpts
+    if isinstance(model, BackpropMLP):
+        if datamodule.kind == "regression":
+            raise UserError(
+                "model.engine=scratch trains classifiers (cross_entropy or mse on class labels); "
+                "this dataset has real-valued targets. Use model.engine=autograd."
+            )
+        optimizer = scratch_optimizer(OmegaConf.to_container(cfg.optimizer, resolve=True))
+    else:
+        optimizer = _instantiate(cfg.optimizer, _convert_="all")  # plain betas, no omegaconf
     scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True)
     if isinstance(model, GAN):
         if cfg.trainer.gradient_clip_val:

@@ -50,9 +50,10 @@ def test_update_rules_match_torch_optim(rule):
 def test_a_wrong_update_rule_is_caught(monkeypatch):
     step = optim.ScratchOptimizer.step
 
-    def without_weight_decay(self, grads):
-        self.weight_decay = 0.0
-        step(self, grads)
+    def without_weight_decay(self, closure=None):
+        for group in self.param_groups:
+            group["weight_decay"] = 0.0
+        return step(self, closure)
 
     monkeypatch.setattr(optim.ScratchOptimizer, "step", without_weight_decay)
     assert check_optim("sgd", weight_decay=0.1) > 1e-3
@@ -62,7 +63,9 @@ def test_check_commands_pass_and_print_per_layer_errors(nnlab, workdir):
     result = nnlab("check", "backprop", "model.hidden=8", "model.depth=3")
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output and "layer 4" in result.output
-    assert result.output.count("quadratic") == len(ACTIVATIONS)
+    # loss=mse is checked both ways: σ outputs (classic) and softmax outputs (nnlab's mse)
+    assert result.output.count("softmax_quadratic") == len(ACTIVATIONS)
+    assert result.output.count("quadratic") == 2 * len(ACTIVATIONS)
     result = nnlab("check", "optim")
     assert result.exit_code == 0 and "PASS" in result.output and "adam" in result.output
 

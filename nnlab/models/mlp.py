@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from nnlab.errors import choice_error
 from nnlab.models.layers import flat_size, make_activation, make_norm
+
+ENGINES = ("autograd", "scratch")
 
 
 class HiddenLayer(nn.Module):
@@ -57,12 +60,24 @@ def build_mlp(
     norm: str = "none",
     norm_groups: int = 8,
     activation: str = "relu",
+    engine: str = "autograd",
 ) -> MLP:
     """An MLP taking inputs of any shape (flattened) to `num_outputs` values (logits or
-    regression outputs)."""
+    regression outputs). engine=scratch differentiates it with nnlab/scratch's backprop."""
+    if engine not in ENGINES:
+        raise choice_error("model.engine", engine, ENGINES)
+    if engine == "scratch":
+        from nnlab.scratch.engine import check_supported
+
+        check_supported(norm, dropout, residual)
     sizes = [flat_size(tuple(input_shape))] + [hidden] * depth
     layers = [
         HiddenLayer(i, o, norm, norm_groups, activation, dropout, residual)
         for i, o in zip(sizes[:-1], sizes[1:], strict=False)
     ]
-    return MLP(layers, nn.Linear(sizes[-1], num_outputs))
+    head = nn.Linear(sizes[-1], num_outputs)
+    if engine == "scratch":
+        from nnlab.scratch.engine import BackpropMLP  # it subclasses MLP: imported late
+
+        return BackpropMLP(layers, head, activation)
+    return MLP(layers, head)

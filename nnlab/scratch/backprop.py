@@ -7,9 +7,13 @@ With zˡ = wˡ aˡ⁻¹ + bˡ and aˡ = σ(zˡ), for a mini-batch of n samples (
     BP3  ∂C/∂wˡ = δˡ (aˡ⁻¹)ᵀ                weight gradient
     BP4  ∂C/∂bˡ = δˡ                        bias gradient
 
-summed over the batch, with C the mean cost over the batch. The costs: quadratic
-C = 1/2n Σ‖y − aᴸ‖² with the activation on the output layer too, or cross-entropy on a softmax
-output, where BP1 simplifies to δᴸ = (softmax(zᴸ) − y)/n.
+summed over the batch, with C the mean cost over the batch. The output layer's activation
+belongs to the cost:
+    quadratic          C = 1/2n Σ‖y − σ(zᴸ)‖², σ the hidden layers' activation (classic backprop)
+    cross_entropy      C = −1/n Σ y·log softmax(zᴸ); BP1 simplifies to δᴸ = (softmax(zᴸ) − y)/n
+    softmax_quadratic  C = 1/2n Σ‖y − softmax(zᴸ)‖² (nnlab's loss=mse); the softmax couples the
+                       outputs, so σ'(zᴸ) in BP1 becomes its Jacobian: δᴸ = a ⊙ (g − (g·a)),
+                       g = (a − y)/n
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from torch import Tensor
 
 from nnlab.errors import choice_error
 
-COSTS = ("quadratic", "cross_entropy")
+COSTS = ("quadratic", "cross_entropy", "softmax_quadratic")
 _LEAK = 0.01  # torch.nn.LeakyReLU's default slope
 _SQRT_2PI = math.sqrt(2 * math.pi)
 
@@ -68,33 +72,43 @@ class ScratchMLP:
         self.cost = cost
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """The weighted inputs zˡ and activations aˡ of every layer (a⁰ = x)."""
+        """The weighted inputs zˡ of every layer and the activations aˡ⁻¹ feeding each (a⁰ = x);
+        the output zᴸ stays raw: the cost applies its own output activation."""
         zs, activations = [], [x]
-        last = len(self.weights) - 1
-        for layer, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+        for w, b in zip(self.weights, self.biases, strict=True):
             z = activations[-1] @ w.T + b
             zs.append(z)
-            output_logits = layer == last and self.cost == "cross_entropy"
-            activations.append(z if output_logits else self.sigma(z))
-        return zs, activations
+            activations.append(self.sigma(z))
+        return zs, activations[:-1]
+
+    def output(self, z: Tensor) -> Tensor:
+        """aᴸ, the network's output for the cost."""
+        return self.sigma(z) if self.cost == "quadratic" else torch.softmax(z, dim=1)
+
+    def cost_of(self, z: Tensor, y: Tensor) -> Tensor:
+        """C for a batch from its output zᴸ: y is one-hot, or the target values (quadratic)."""
+        n = len(z)
+        if self.cost == "cross_entropy":
+            return -(y * (z - torch.logsumexp(z, dim=1, keepdim=True))).sum() / n
+        return 0.5 * ((self.output(z) - y) ** 2).sum() / n
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
-        """C for a batch: y is one-hot (cross_entropy) or the target values (quadratic)."""
-        _, activations = self.forward(x)
-        out, n = activations[-1], len(x)
-        if self.cost == "quadratic":
-            return 0.5 * ((out - y) ** 2).sum() / n
-        log_softmax = out - torch.logsumexp(out, dim=1, keepdim=True)
-        return -(y * log_softmax).sum() / n
+        return self.cost_of(self.forward(x)[0][-1], y)
 
-    def backward(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """∂C/∂wˡ and ∂C/∂bˡ for every layer, from BP1–BP4."""
-        zs, activations = self.forward(x)
-        n = len(x)
+    def output_error(self, z: Tensor, y: Tensor) -> Tensor:
+        """BP1: δᴸ = ∂C/∂zᴸ for the batch (C a mean, so δᴸ carries the 1/n)."""
+        a, n = self.output(z), len(z)
+        if self.cost == "cross_entropy":
+            return (a - y) / n
+        g = (a - y) / n  # ∇ₐC
         if self.cost == "quadratic":
-            delta = (activations[-1] - y) / n * self.sigma_prime(zs[-1])  # BP1
-        else:
-            delta = (torch.softmax(zs[-1], dim=1) - y) / n  # BP1 for softmax + cross-entropy
+            return g * self.sigma_prime(z)
+        return a * (g - (g * a).sum(dim=1, keepdim=True))  # softmax Jacobian applied to g
+
+    def backward_from(
+        self, delta: Tensor, zs: list[Tensor], activations: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """∂C/∂wˡ and ∂C/∂bˡ of every layer given δᴸ (BP2–BP4), and the first layer's δ¹."""
         grad_w = [torch.empty(0)] * len(self.weights)
         grad_b = [torch.empty(0)] * len(self.weights)
         for layer in range(len(self.weights) - 1, -1, -1):
@@ -102,6 +116,12 @@ class ScratchMLP:
             grad_b[layer] = delta.sum(dim=0)  # BP4
             if layer > 0:
                 delta = (delta @ self.weights[layer]) * self.sigma_prime(zs[layer - 1])  # BP2
+        return grad_w, grad_b, delta
+
+    def backward(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """∂C/∂wˡ and ∂C/∂bˡ for every layer, from BP1–BP4."""
+        zs, activations = self.forward(x)
+        grad_w, grad_b, _ = self.backward_from(self.output_error(zs[-1], y), zs, activations)
         return grad_w, grad_b
 
 

@@ -1,4 +1,5 @@
-"""Optimizer update rules written out by hand, to check torch.optim against.
+"""Optimizer update rules written out by hand: `nnlab check optim` compares them with
+torch.optim, and model.engine=scratch trains with them.
 
 L2 weight decay adds λw to the gradient (the derivative of λ/2·‖w‖²) before every rule:
     sgd       w ← w − η g
@@ -9,20 +10,25 @@ L2 weight decay adds λw to the gradient (the derivative of λ/2·‖w‖²) bef
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from nnlab.errors import choice_error
+from nnlab.errors import UserError, choice_error
 
 RULES = ("sgd", "momentum", "adam")
 
 
-class ScratchOptimizer:
-    """One of RULES over a list of plain tensors, updated in place from given gradients."""
+class ScratchOptimizer(torch.optim.Optimizer):
+    """One of RULES written out by hand; a torch.optim.Optimizer only for its bookkeeping
+    (parameter groups, state in checkpoints, learning-rate schedulers), so Lightning can step it."""
 
     def __init__(
         self,
-        params: list[Tensor],
+        params: Iterable[Tensor],
         rule: str,
         lr: float,
         weight_decay: float = 0.0,
@@ -32,28 +38,64 @@ class ScratchOptimizer:
     ) -> None:
         if rule not in RULES:
             raise choice_error("optimizer", rule, RULES)
-        self.params, self.rule, self.lr, self.weight_decay = params, rule, lr, weight_decay
-        self.momentum, self.betas, self.eps = momentum, betas, eps
-        self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
-        self.t = 0
+        self.rule = rule
+        defaults = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "betas": tuple(betas),
+            "eps": eps,
+        }
+        super().__init__(params, defaults)
 
-    def step(self, grads: list[Tensor]) -> None:
-        self.t += 1
-        beta1, beta2 = self.betas
-        for i, (w, g) in enumerate(zip(self.params, grads, strict=True)):
-            g = g + self.weight_decay * w
-            first, second = self.state[i]
-            if self.rule == "sgd":
-                w -= self.lr * g
-            elif self.rule == "momentum":
-                first.mul_(self.momentum).add_(self.lr * g)  # v = γv + ηg
-                w -= first
-            else:
-                first.mul_(beta1).add_((1 - beta1) * g)
-                second.mul_(beta2).add_((1 - beta2) * g * g)
-                m_hat = first / (1 - beta1**self.t)
-                s_hat = second / (1 - beta2**self.t)
-                w -= self.lr * m_hat / (s_hat.sqrt() + self.eps)
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, beta1, beta2 = group["lr"], *group["betas"]
+            for w in group["params"]:
+                if w.grad is None:
+                    continue
+                g = w.grad + group["weight_decay"] * w
+                state = self.state[w]
+                if not state:
+                    state.update(t=0, first=torch.zeros_like(w), second=torch.zeros_like(w))
+                state["t"] += 1
+                first, second = state["first"], state["second"]
+                if self.rule == "sgd":
+                    w -= lr * g
+                elif self.rule == "momentum":
+                    first.mul_(group["momentum"]).add_(lr * g)  # v = γv + ηg
+                    w -= first
+                else:
+                    first.mul_(beta1).add_((1 - beta1) * g)
+                    second.mul_(beta2).add_((1 - beta2) * g * g)
+                    m_hat = first / (1 - beta1 ** state["t"])
+                    s_hat = second / (1 - beta2 ** state["t"])
+                    w -= lr * m_hat / (s_hat.sqrt() + group["eps"])
+        return loss
+
+
+def scratch_optimizer(config: dict[str, Any]) -> Callable[..., ScratchOptimizer]:
+    """The hand-written counterpart of an optimizer= config (sgd, momentum, adam)."""
+    target = config["_target_"].rsplit(".", 1)[-1]
+    momentum = config.get("momentum", 0.0)
+    rule = {"SGD": "momentum" if momentum else "sgd", "Adam": "adam"}.get(target)
+    if rule is None or config.get("nesterov") or config.get("amsgrad"):
+        raise UserError(
+            f"model.engine=scratch writes the update rule by hand for optimizer=sgd, momentum "
+            f"and adam; {target} with these settings has no hand-written rule. Pick one of those "
+            f"three, or use model.engine=autograd to train with {target}."
+        )
+    settings = {"lr": config["lr"], "weight_decay": config.get("weight_decay", 0.0)}
+    if rule == "momentum":
+        settings["momentum"] = momentum
+    if rule == "adam":
+        settings.update(betas=tuple(config["betas"]), eps=config["eps"])
+    return functools.partial(ScratchOptimizer, rule=rule, **settings)
 
 
 def check_optim(rule: str, steps: int = 10, weight_decay: float = 1e-2, seed: int = 0) -> float:
@@ -67,7 +109,7 @@ def check_optim(rule: str, steps: int = 10, weight_decay: float = 1e-2, seed: in
     def loss(params: list[Tensor]) -> Tensor:
         return ((a @ params[0] + (a @ params[1]).tanh() - target) ** 2).mean()
 
-    mine = [p.clone() for p in start]
+    mine = [p.clone().requires_grad_(True) for p in start]
     scratch = ScratchOptimizer(mine, rule, lr=0.05, weight_decay=weight_decay)
     theirs = [p.clone().requires_grad_(True) for p in start]
     reference = {
@@ -79,12 +121,13 @@ def check_optim(rule: str, steps: int = 10, weight_decay: float = 1e-2, seed: in
     }[rule]()
     worst = 0.0
     for _ in range(steps):
-        leaves = [p.clone().requires_grad_(True) for p in mine]
-        scratch.step(list(torch.autograd.grad(loss(leaves), leaves)))
+        scratch.zero_grad()
+        loss(mine).backward()
+        scratch.step()
         reference.zero_grad()
         loss(theirs).backward()
         reference.step()
         for m, t in zip(mine, theirs, strict=True):
             scale = t.detach().abs().max().clamp_min(1e-12)
-            worst = max(worst, float((m - t.detach()).abs().max() / scale))
+            worst = max(worst, float((m.detach() - t.detach()).abs().max() / scale))
     return worst

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from nnlab.errors import choice_error
+from nnlab.scratch.engine import BackpropMLP
 from nnlab.tasks.supervised import SupervisedTask
 
 LOSSES = ("cross_entropy", "mse")
@@ -52,7 +53,10 @@ class ClassificationTask(SupervisedTask):
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
 
     def _loss_and_score(self, logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        loss = classification_loss(self.loss_kind, logits, y, self.num_classes)
+        if isinstance(self.model, BackpropMLP):  # BP1 by hand as well
+            loss = self.model.cost(self.loss_kind, logits, y, self.num_classes)
+        else:
+            loss = classification_loss(self.loss_kind, logits, y, self.num_classes)
         return loss, (logits.detach().argmax(dim=1) == y).sum()
 
     def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
