@@ -183,7 +183,36 @@ def eval_(
         result = evaluate(target, overrides or [], str(output_dir))
     keys = [*_stage_keys(result.metrics, ("test/",)), "epoch", "params", "wall_time_s"]
     out.print(results_table(f"eval {result.metrics['checkpoint']}", result.metrics, keys))
+    if result.run_dir is not None:
+        _print_gradient_summary(result.run_dir)
     out.print(f"Run directory: {result.run_dir}", highlight=False, soft_wrap=True)
+
+
+def _print_gradient_summary(run_dir: Path) -> None:
+    """The gradient-flow callback's record of training: each layer's mean ‖∂C/∂w‖ over the last
+    epoch, relative to the output layer's (tiny early-layer ratios mean vanishing gradients)."""
+    from nnlab import runs
+
+    metrics = runs.read_json(run_dir / runs.METRICS)
+    norms: list[tuple[str, float]] = metrics.get("grad_norms") or []
+    if not norms:
+        return
+    last = norms[-1][1] or 1e-30
+    table = Table(
+        title="gradient flow in training (last epoch, mean over steps)", header_style="bold"
+    )
+    table.add_column("layer")
+    table.add_column("‖∂C/∂w‖", justify="right")
+    table.add_column("÷ last layer", justify="right")
+    for name, norm in norms:
+        table.add_row(name, f"{norm:.3g}", f"{norm / last:.3g}")
+    out.print(table)
+    warned = metrics.get("warnings") or []
+    verdict = f"warnings: {', '.join(warned)}" if warned else "no vanishing or exploding gradients"
+    out.print(
+        f"first/last layer gradient ratio {metrics['grad_ratio_first_last']:.2g}; {verdict}",
+        highlight=False,
+    )
 
 
 def _sweep_arguments(arguments: list[str]) -> tuple[dict[str, Any], list[str]]:

@@ -271,7 +271,9 @@ def train(
         summary["epochs"] = trainer.current_epoch
         summary.update(_prefixed(trainer.callback_metrics, "train/"))
         if flow is not None and flow.summary:
-            summary["grad_norms"] = flow.summary  # last epoch's mean per layer
+            # [layer, last epoch's mean norm] pairs: metrics.json sorts keys, and the layer
+            # order (input to output) is the point
+            summary["grad_norms"] = [[name, norm] for name, norm in flow.summary.items()]
             summary["grad_ratio_first_last"] = flow.ratios[-1]
             summary["warnings"] = sorted(flow.warned)
         if trainer.interrupted:

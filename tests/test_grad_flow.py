@@ -23,7 +23,14 @@ def test_deep_sigmoid_mlp_warns_of_vanishing_gradients(nnlab, workdir):
     metrics = metrics_of(only_run(workdir))
     assert metrics["warnings"] == ["vanishing"]
     assert metrics["grad_ratio_first_last"] < 1e-3
-    assert len(metrics["grad_norms"]) == 11, "ten hidden layers and the head"
+    layers = [name for name, _ in metrics["grad_norms"]]
+    assert len(layers) == 11, "ten hidden layers and the head"
+    assert layers[0] == "hidden.0.linear.weight" and layers[-1] == "head.weight"
+
+    result = nnlab("eval", "latest")  # prints the per-layer summary, input to output
+    assert result.exit_code == 0, result.output
+    assert "gradient flow in training" in result.output and "warnings: vanishing" in result.output
+    assert result.output.index("hidden.0.linear.weight") < result.output.index("head.weight")
 
 
 def test_relu_with_batch_norm_keeps_gradients_flowing(nnlab, workdir):
