@@ -101,41 +101,79 @@ def train(
 
       nnlab train -m optimizer=sgd,adam norm=none,batch      # 4 runs
 
+      nnlab train experiment=vanishing_gradients             # a lesson: conf/experiment/
+
       nnlab train --from-sweep mlp_digits trainer.max_epochs=30
     """
     overrides = overrides or []
     with user_errors():
+        from nnlab import experiments
         from nnlab import sweep as sweeps
         from nnlab.config import compose_config
 
+        experiment, overrides = experiments.take_experiment(overrides)
         if from_sweep:
             overrides = [*sweeps.best_overrides(from_sweep), *overrides]
-        combinations = sweeps.expand_multirun(overrides) if multirun else [overrides]
+        labels = list(experiment.runs) if experiment else [""]
+        many = multirun or experiment is not None
+        combinations = [
+            (label, experiments.run_overrides(experiment, label, c) if experiment else c)
+            for label in labels
+            for c in (sweeps.expand_multirun(overrides) if multirun else [overrides])
+        ]
         # Every combination must compose before the first run starts.
-        configs = [(compose_config(c), c) for c in combinations]
+        configs = [(compose_config(c), label, c) for label, c in combinations]
         from nnlab.train import TrainingError
         from nnlab.train import train as run_training
 
         _show_gradient_warnings_plainly()
         results = []
-        for (cfg, choices), combination in configs:
+        for (cfg, choices), label, combination in configs:
             try:
-                results.append((run_training(cfg, choices, combination), choices, combination))
+                result = run_training(cfg, choices, combination)
+                results.append((result, choices, label, combination))
             except TrainingError as e:
                 err.print(f"[bold red]Training failed:[/] {e}", highlight=False, soft_wrap=True)
                 err.print(f"Traceback and partial results: {e.run_dir}", highlight=False)
-                if not multirun:
+                if not many:
                     raise typer.Exit(1) from None
-    for result, choices, combination in results:
-        m = result.metrics
-        keys = [*_stage_keys(m, ("train/", "val/", "test/")), "epochs", "params", "wall_time_s"]
-        title = f"{choices['model']} on {choices['data']}: {m['status']}"
-        if multirun:
-            title += f" ({' '.join(combination)})"
-        out.print(results_table(title, m, keys))
-        out.print(f"Run directory: {result.run_dir}", highlight=False, soft_wrap=True)
-    if multirun and len(results) < len(configs):
+    if experiment is not None:
+        _print_experiment(experiment, results, configs[0][0][0].output_dir)
+    else:
+        for result, choices, _, combination in results:
+            m = result.metrics
+            keys = [*_stage_keys(m, ("train/", "val/", "test/")), "epochs", "params"]
+            title = f"{choices['model']} on {choices['data']}: {m['status']}"
+            if multirun:
+                title += f" ({' '.join(combination)})"
+            out.print(results_table(title, m, [*keys, "wall_time_s"]))
+            out.print(f"Run directory: {result.run_dir}", highlight=False, soft_wrap=True)
+    if many and len(results) < len(configs):
         raise typer.Exit(1)
+
+
+def _print_experiment(experiment: Any, results: list[tuple[Any, ...]], output_dir: str) -> None:
+    """One row per run of an experiment preset: its label and the preset's report columns."""
+    from nnlab import experiments
+
+    table = Table(title=f"experiment {experiment.name}", header_style="bold")
+    for column in ["run", *experiment.report, "run directory"]:
+        table.add_column(column, justify="left" if column in ("run", "run directory") else "right")
+    # A run is named by its label plus the user's overrides that differ between runs (-m values)
+    extras = [
+        c[len(experiments.run_overrides(experiment, label, [])) :] for _, _, label, c in results
+    ]
+    shared = set.intersection(*map(set, extras)) if extras else set()
+    rows = []
+    for (result, _, label, _), extra in zip(results, extras, strict=True):
+        name = " ".join([label, *(e for e in extra if e not in shared)])
+        rows.append((name, result.metrics))
+        values = [experiments.fmt(experiments.value(result.metrics, c)) for c in experiment.report]
+        table.add_row(name, *values, str(result.run_dir))
+    _print_wide(table)
+    if rows:
+        path = experiments.write_markdown(experiment, rows, output_dir)
+        out.print(f"Comparison table (Markdown): {path}", highlight=False, soft_wrap=True)
 
 
 def _show_gradient_warnings_plainly() -> None:

@@ -25,6 +25,7 @@ class TrainSchema:
     name: Optional[str] = None  # noqa: UP045
     tags: List[str] = field(default_factory=list)  # noqa: UP006
     loss: str = spec(choices=LOSSES)
+    eval_train: bool = spec()
     output_dir: str = spec()
 
 

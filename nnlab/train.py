@@ -20,7 +20,7 @@ import nnlab
 from nnlab import runs
 from nnlab.callbacks.config_stamp import ConfigStamp
 from nnlab.callbacks.grad_flow import GradientFlow
-from nnlab.data.base import TensorDataModule
+from nnlab.data.base import TensorBatches, TensorDataModule
 from nnlab.errors import UserError
 from nnlab.models.gan import GAN
 from nnlab.models.layers import count_parameters
@@ -291,6 +291,8 @@ def train(
         # Re-validating the best checkpoint must not add a stray point to the val curves.
         loggers, trainer.loggers = trainer.loggers, []
         val = trainer.validate(task, datamodule=datamodule, ckpt_path=best, verbose=False)
+        if cfg.eval_train and isinstance(task, SupervisedTask):
+            summary.update(_score_training_split(trainer, task, datamodule, best))
         trainer.loggers = loggers
         test = trainer.test(task, datamodule=datamodule, ckpt_path=best, verbose=False)
         summary.update(_prefixed(val[0], "val/"))
@@ -322,6 +324,16 @@ def train(
         trainer.logger.log_hyperparams(resolved, metrics=metrics)
         trainer.logger.finalize("success")
     return Result(run_dir, summary)
+
+
+def _score_training_split(
+    trainer: pl.Trainer, task: pl.LightningModule, datamodule: TensorDataModule, ckpt: str
+) -> dict[str, Any]:
+    """The checkpoint's metrics on its own training data, in eval mode (no dropout), as
+    `trainset/...`: the honest train side of a train-test gap."""
+    loader = TensorBatches(datamodule.splits["train"], datamodule.batch_size)
+    scores = trainer.test(task, dataloaders=loader, ckpt_path=ckpt, verbose=False)[0]
+    return {k.replace("test/", "trainset/", 1): v for k, v in _prefixed(scores, "test/").items()}
 
 
 def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> Result:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import metrics_of, only_run
+from tests.helpers import all_runs, metrics_of, only_run
 
 
 @pytest.mark.slow
@@ -13,3 +13,19 @@ def test_default_runs_reach_target_accuracy(nnlab, workdir, overrides, target):
     result = nnlab("train", *overrides, "trainer.enable_progress_bar=false")
     assert result.exit_code == 0, result.output
     assert metrics_of(only_run(workdir))["test/acc"] >= target
+
+
+@pytest.mark.slow
+def test_vanishing_gradients_preset_shows_the_lesson(nnlab, workdir):
+    """Issue 5's bar: the deep sigmoid MLP's first layer gets ≥100× less gradient than its last;
+    ReLU, batch norm and residual connections keep the ratio far closer to 1, and learn."""
+    result = nnlab("train", "experiment=vanishing_gradients", "trainer.enable_progress_bar=false")
+    assert result.exit_code == 0, result.output
+    by_label = {
+        run.name.split("vanishing_gradients-")[1]: metrics_of(run) for run in all_runs(workdir)
+    }
+    sigmoid = by_label.pop("sigmoid")
+    assert sigmoid["grad_ratio_first_last"] <= 1e-2
+    for label, metrics in by_label.items():
+        assert metrics["grad_ratio_first_last"] >= 0.05, label
+        assert metrics["test/acc"] >= 0.85, label
