@@ -136,6 +136,13 @@ def summary(run: Path) -> dict[str, Any]:
     }
 
 
+def _matches(value: Any, wanted: str) -> bool:
+    # a list setting (tags) matches any one of its items
+    if isinstance(value, list):
+        return wanted in map(str, value)
+    return str(value) == wanted
+
+
 def select(
     summaries: list[dict[str, Any]], filters: list[str], sort: str | None, last: int | None
 ) -> list[dict[str, Any]]:
@@ -149,7 +156,7 @@ def select(
         known = {k for s in summaries for k in (*s["settings"], "status")}
         if summaries and key not in known:
             raise UserError(f"Unknown filter key '{key}'." + did_you_mean(key, sorted(known)))
-        chosen = [s for s in chosen if str(s["settings"].get(key, s.get(key))) == wanted]
+        chosen = [s for s in chosen if _matches(s["settings"].get(key, s.get(key)), wanted)]
     if last:
         chosen = chosen[-last:]
     if sort:

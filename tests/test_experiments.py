@@ -43,6 +43,8 @@ def test_experiment_runs_every_variant_and_writes_the_comparison(nnlab, workdir)
     assert [row.split("|")[1].strip() for row in rows] == labels
     relu = metrics_of(runs[1])
     assert f"{relu['test/acc']:.4f}" in rows[1]
+    listed = nnlab("runs", "--filter", "tags=vanishing_gradients")
+    assert listed.exit_code == 0 and "4 of 4 runs" in listed.output, listed.output
 
 
 def test_multirun_values_multiply_the_experiment_runs(nnlab, workdir):
