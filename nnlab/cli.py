@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from nnlab.errors import UserError
@@ -41,7 +42,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except UserError as e:
-        err.print(f"[bold red]Error:[/] {e}", highlight=False, soft_wrap=True)
+        # escape: the message quotes user input, and `model=[/]` is not Rich markup
+        err.print(f"[bold red]Error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -84,6 +86,11 @@ def train(
     from_sweep: str | None = typer.Option(
         None, help="Start from the best trial's overrides of outputs/sweeps/<name>/best.yaml."
     ),
+    resume: str | None = typer.Option(
+        None,
+        help="Continue an interrupted (or finished) run from its last.ckpt: a run directory, "
+        "name or 'latest'; overrides such as trainer.max_epochs=50 apply. Also: resume=latest.",
+    ),
 ) -> None:
     """Train a model; every run gets its own directory under outputs/runs/.
 
@@ -104,6 +111,8 @@ def train(
       nnlab train experiment=vanishing_gradients             # a lesson: conf/experiment/
 
       nnlab train --from-sweep mlp_digits trainer.max_epochs=30
+
+      nnlab train --resume latest trainer.max_epochs=60      # continue the newest run
     """
     overrides = overrides or []
     with user_errors():
@@ -112,6 +121,11 @@ def train(
         from nnlab.config import compose_config
 
         experiment, overrides = experiments.take_experiment(overrides)
+        resume, overrides = _take_resume(resume, overrides)
+        if resume and (multirun or experiment or from_sweep):
+            raise UserError(
+                "--resume continues one run: leave out -m, experiment= and --from-sweep."
+            )
         if from_sweep:
             overrides = [*sweeps.best_overrides(from_sweep), *overrides]
         labels = list(experiment.runs) if experiment else [""]
@@ -121,22 +135,45 @@ def train(
             for label in labels
             for c in (sweeps.expand_multirun(overrides) if multirun else [overrides])
         ]
-        # Every combination must compose before the first run starts.
-        configs = [(compose_config(c), label, c) for label, c in combinations]
-        from nnlab.train import TrainingError
+        from nnlab.train import RunInterrupted, TrainingError, run_to_resume
         from nnlab.train import train as run_training
+
+        if resume:
+            output_dir = dict(o.split("=", 1) for o in overrides if "=" in o).get("output_dir")
+            run_dir, cfg, choices = run_to_resume(resume, overrides, output_dir or "outputs")
+            configs = [((cfg, choices), "", overrides, run_dir)]
+        else:
+            # Every combination must compose before the first run starts.
+            configs = [(compose_config(c), label, c, None) for label, c in combinations]
 
         _show_gradient_warnings_plainly()
         results = []
-        for (cfg, choices), label, combination in configs:
+        for (cfg, choices), label, combination, resumed in configs:
             try:
-                result = run_training(cfg, choices, combination)
+                result = run_training(cfg, choices, combination, resume=resumed)
                 results.append((result, choices, label, combination))
             except TrainingError as e:
-                err.print(f"[bold red]Training failed:[/] {e}", highlight=False, soft_wrap=True)
+                err.print(
+                    f"[bold red]Training failed:[/] {escape(str(e))}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
                 err.print(f"Traceback and partial results: {e.run_dir}", highlight=False)
                 if not many:
                     raise typer.Exit(1) from None
+            except RunInterrupted as e:
+                err.print(
+                    f"[bold yellow]Interrupted[/] after {e.epochs_done} complete epochs. "
+                    f"{e.run_dir}/checkpoints/last.ckpt keeps the last one; continue with: "
+                    f"nnlab train --resume {e.run_dir}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                raise typer.Exit(130) from None
+    from nnlab.train import process_rank
+
+    if process_rank() != 0:
+        return  # the other processes of a distributed run: the first one reports
     if experiment is not None:
         _print_experiment(experiment, results, configs[0][0][0].output_dir)
     else:
@@ -150,6 +187,17 @@ def train(
             out.print(f"Run directory: {result.run_dir}", highlight=False, soft_wrap=True)
     if many and len(results) < len(configs):
         raise typer.Exit(1)
+
+
+def _take_resume(option: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """--resume X, or resume=X among the overrides (Hydra-style), and the other overrides."""
+    given = [o for o in overrides if o.partition("=")[0] == "resume"]
+    rest = [o for o in overrides if o not in given]
+    targets = [option] if option else []
+    targets += [o.partition("=")[2] for o in given]
+    if len(targets) > 1:
+        raise UserError(f"Give one run to resume; got {', '.join(targets)}.")
+    return (targets[0] if targets else None), rest
 
 
 def _print_experiment(experiment: Any, results: list[tuple[Any, ...]], output_dir: str) -> None:
@@ -484,7 +532,9 @@ def check_optim(
     _check_table(title, ["rule", "against", "max rel. error"], rows, max(errors.values()))
 
 
-RUN_METRICS = ("val/acc", "test/acc", "test/loss", "test/mae", "test/sample_score")
+RUN_METRICS = (
+    "val/acc", "test/acc", "test/loss", "test/mae", "test/sample_score", "test/map_50",
+)  # fmt: skip
 
 
 @app.command("runs")
@@ -611,6 +661,40 @@ def config(
             return
         cfg, _ = compose_config(overrides or [])
         out.print(OmegaConf.to_yaml(cfg, resolve=True), highlight=False, end="")
+
+
+@app.command()
+def predict(
+    target: str = typer.Argument(..., help="Detection run (directory, name, .ckpt, 'latest')."),
+    images: list[str] = typer.Argument(..., help="Image files or folders of images."),
+    min_score: float = typer.Option(0.5, min=0.0, max=1.0, help="Keep detections this sure."),
+    out_dir: Path | None = typer.Option(None, help="Where to write [<run>/predictions/]."),
+    output_dir: Path = typer.Option(Path("outputs"), help="Where runs live."),
+) -> None:
+    """Detect objects with a trained model=faster_rcnn run: writes each image with its boxes
+    drawn, and detections.json (class, score, box as x0 y0 x1 y1 pixels) per image.
+
+    Examples:
+
+      nnlab predict latest photo.png
+
+      nnlab predict outputs/runs/<run> images/ --min-score 0.8
+
+      nnlab predict latest street.jpg --out-dir drawn/
+    """
+    with user_errors():
+        from nnlab.predict import DETECTIONS
+        from nnlab.predict import predict as run_predict
+
+        result = run_predict(target, images, str(output_dir), min_score, out_dir)
+    table = Table(title=f"detections (score ≥ {min_score})", header_style="bold")
+    for column in ("image", "objects", "classes"):
+        table.add_column(column, justify="right" if column == "objects" else "left")
+    for image, found in result.images.items():
+        classes = sorted({d["class"] for d in found})
+        table.add_row(image, str(len(found)), ", ".join(classes))
+    _print_wide(table)
+    out.print(f"Drawn images and {DETECTIONS}: {result.out_dir}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

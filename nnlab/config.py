@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from nnlab.errors import UserError, choice_error, did_you_mean
 from nnlab.schemas import SCHEMAS, TrainSchema
 
 PRIMARY = "train"
+# Keys Hydra reads to build objects: a group choice sets them, and a wrong one fails deep inside
+# instantiate, so overriding them is refused up front.
+HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
 
 def conf_dir() -> Path:
@@ -44,7 +48,17 @@ def _split(override: str) -> tuple[str, str]:
             f"model=cnn or optimizer.lr=0.01 (see `nnlab config --list`)."
         )
     key, value = override.split("=", 1)
-    return key.strip(), value
+    key = key.strip()
+    if not key.lstrip("+~"):
+        # Hydra itself fails on `+=1` with a bare ValueError, not one of its own errors.
+        raise UserError(f"Bad override '{override}': the key before '=' is missing.")
+    if key.rpartition(".")[2] in HYDRA_KEYS:
+        group = key.lstrip("+~").rpartition(".")[0] or "the group"
+        raise UserError(
+            f"Bad override '{override}': {key.lstrip('+~')} is set by the choice of {group} "
+            f"(for example model=cnn or optimizer=sgd; `nnlab config --list` shows them)."
+        )
+    return key, value
 
 
 def _check_override_keys(overrides: list[str]) -> None:
@@ -124,6 +138,18 @@ def validate(cfg: DictConfig, choices: dict[str, str]) -> None:
         schema = by_choice.get(choices.get(group, ""), by_choice.get("*"))
         if schema is not None and group in resolved:
             _check_node(resolved[group], schema, f"{group}.")
+    model, data = resolved.get("model") or {}, resolved.get("data") or {}
+    if (
+        choices.get("model") == "mlp"
+        and model.get("norm") == "batch"
+        and data.get("batch_size") == 1
+    ):
+        # BatchNorm1d cannot train on one sample; torch would only say so at the first step.
+        raise UserError(
+            "norm=batch normalizes over the samples of a batch, so model=mlp cannot train with "
+            "data.batch_size=1. Use data.batch_size=2 or more, or norm=layer / norm=group, "
+            "which normalize each sample on its own."
+        )
 
 
 def _check_node(node: dict[str, Any], schema: type, prefix: str) -> None:
@@ -152,8 +178,19 @@ def _check_bounds(key: str, value: Any, bounds: Any) -> None:
     # None passes: only Optional fields accept it, and the type check has run already.
     if "choices" in bounds and value is not None and value not in bounds["choices"]:
         raise choice_error(f"value for {key}", value, bounds["choices"])
+    if isinstance(value, (list, ListConfig)):
+        # Bounds of a list field (model.channels) hold for each of its items.
+        for i, item in enumerate(value):
+            _check_bounds(f"{key}[{i}]", item, bounds)
+        return
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        # torch and numpy take 64-bit integers: a bigger one fails deep inside a builder.
+        raise UserError(f"Bad value for {key}: {value} is too large.")
+    if isinstance(value, float) and not math.isfinite(value) and bounds:
+        # inf passes `gt 0` (optimizer.lr=inf) yet makes every weight NaN at the first step.
+        raise UserError(f"Bad value for {key}: {value}. It must be a finite number.")
     tests = {
         "gt": (lambda v, b: v > b, "greater than"),
         "ge": (lambda v, b: v >= b, "at least"),
@@ -165,10 +202,37 @@ def _check_bounds(key: str, value: Any, bounds: Any) -> None:
             raise UserError(f"Bad value for {key}: {value}. It must be {words} {bounds[name]}.")
 
 
-def load_run_config(path: Path, overrides: list[str]) -> DictConfig:
-    """A run's saved config.yaml with key=value overrides applied (keys must already exist)."""
-    cfg = OmegaConf.load(path)
-    return apply_overrides(cfg, overrides)
+def saved_run_config(
+    saved: DictConfig, choices: dict[str, str], overrides: list[str], written_by: str | None
+) -> DictConfig:
+    """A run's saved config brought up to this nnlab, with key=value overrides applied.
+
+    Keys added to nnlab since the run was written take today's defaults (so older runs still
+    evaluate and resume); keys this nnlab does not know, or values it rejects, are a UserError
+    that names both versions.
+    """
+    import nnlab
+
+    try:
+        cfg = saved
+        if choices:
+            known = groups()
+            # unvalidated: mandatory keys (data.root) are filled by the saved config below
+            base = _compose([f"{g}={c}" for g, c in choices.items() if g in known])
+            cfg = OmegaConf.merge(base, saved)
+        cfg = apply_overrides(cfg, overrides)
+        validate(cfg, choices)
+    except (UserError, OmegaConfBaseException) as err:
+        if isinstance(err, OmegaConfBaseException):
+            err = UserError(f"Its config has {type(err).__name__}: {str(err).splitlines()[0]}.")
+        if written_by and written_by != nnlab.__version__:
+            raise UserError(
+                f"This run was written by nnlab {written_by} and does not fit nnlab "
+                f"{nnlab.__version__}: {err} Use nnlab {written_by} for it "
+                f"(pip install nnlab=={written_by}), or train it again."
+            ) from None
+        raise err from None
+    return cfg
 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:

@@ -12,6 +12,7 @@ from typing import Any, List, Optional  # noqa: UP035 - OmegaConf reads typing g
 from omegaconf import MISSING
 
 LOSSES = ("cross_entropy", "mse")
+MAX_SEED = 2**32 - 1  # numpy and scikit-learn take 32-bit seeds
 
 
 def spec(**bounds: Any) -> Any:
@@ -21,7 +22,7 @@ def spec(**bounds: Any) -> Any:
 
 @dataclass
 class TrainSchema:
-    seed: int = spec(ge=0)
+    seed: int = spec(ge=0, le=MAX_SEED)
     name: Optional[str] = None  # noqa: UP045
     tags: List[str] = field(default_factory=list)  # noqa: UP006
     loss: str = spec(choices=LOSSES)
@@ -38,6 +39,7 @@ class LayersSchema:
     norm: str = spec()
     norm_groups: int = spec(ge=1)
     activation: str = spec()
+    compile: bool = spec()
 
 
 @dataclass
@@ -50,10 +52,11 @@ class MLPSchema(LayersSchema):
 
 @dataclass
 class CNNSchema(LayersSchema):
-    channels: List[int] = spec()  # noqa: UP006
+    channels: List[int] = spec(ge=1)  # noqa: UP006
     kernel_size: int = spec(ge=1)
     residual: bool = spec()
     fc_hidden: int = spec(ge=0)
+    channels_last: bool = spec()
 
 
 @dataclass
@@ -85,13 +88,38 @@ class GANSchema:
 
 
 @dataclass
+class FasterRCNNSchema:
+    _target_: str = spec()
+    backbone: str = spec(choices=("cnn", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large"))
+    channels: List[int] = spec()  # noqa: UP006
+    weights: Optional[str] = spec()  # noqa: UP045
+    anchor_sizes: List[int] = spec()  # noqa: UP006
+    aspect_ratios: List[float] = spec()  # noqa: UP006
+    min_size: int = spec(ge=16)
+    max_size: int = spec(ge=16)
+    rpn_pre_nms_top_n_train: int = spec(ge=1)
+    rpn_post_nms_top_n_train: int = spec(ge=1)
+    rpn_pre_nms_top_n_test: int = spec(ge=1)
+    rpn_post_nms_top_n_test: int = spec(ge=1)
+    rpn_batch_size_per_image: int = spec(ge=2)
+    box_batch_size_per_image: int = spec(ge=2)
+    box_head_width: int = spec(ge=1)
+    roi_sampling_ratio: int = spec(ge=0)
+    box_score_thresh: float = spec(ge=0.0, lt=1.0)
+    box_detections_per_img: int = spec(ge=1)
+    norm: str = spec()
+    norm_groups: int = spec(ge=1)
+    activation: str = spec()
+
+
+@dataclass
 class SplitSchema:
     """Fields every in-memory datamodule shares."""
 
     _target_: str = spec()
     batch_size: int = spec(ge=1)
     val_fraction: float = spec(gt=0.0, lt=1.0)
-    split_seed: int = spec(ge=0)
+    split_seed: int = spec(ge=0, le=MAX_SEED)
     seed: int = spec(ge=0)
 
 
@@ -112,7 +140,7 @@ class GeneratedSchema:
     batch_size: int = spec(ge=1)
     val_fraction: float = spec(gt=0.0, lt=1.0)
     test_fraction: float = spec(gt=0.0, lt=1.0)
-    data_seed: int = spec(ge=0)
+    data_seed: int = spec(ge=0, le=MAX_SEED)
     seed: int = spec(ge=0)
 
 
@@ -140,6 +168,40 @@ class ImageFolderSchema(DigitsSchema):
     root: str = spec()
     image_size: int = spec(ge=4)
     grayscale: bool = spec()
+
+
+@dataclass
+class ShapesSchema:
+    _target_: str = spec()
+    image_size: int = spec(ge=16)
+    train_images: int = spec(ge=1)
+    val_images: int = spec(ge=1)
+    test_images: int = spec(ge=1)
+    min_objects: int = spec(ge=1)
+    max_objects: int = spec(ge=1)
+    min_object_size: int = spec(ge=3)
+    max_object_size: int = spec(ge=3)
+    data_seed: int = spec(ge=0, le=MAX_SEED)
+    batch_size: int = spec(ge=1)
+    seed: int = spec(ge=0)
+
+
+@dataclass
+class CocoSchema:
+    _target_: str = spec()
+    root: str = spec()
+    images: str = spec()
+    annotations: str = spec()
+    val_images: Optional[str] = spec()  # noqa: UP045
+    val_annotations: Optional[str] = spec()  # noqa: UP045
+    test_images: Optional[str] = spec()  # noqa: UP045
+    test_annotations: Optional[str] = spec()  # noqa: UP045
+    val_fraction: float = spec(gt=0.0, lt=1.0)
+    test_fraction: float = spec(gt=0.0, lt=1.0)
+    split_seed: int = spec(ge=0, le=MAX_SEED)
+    num_workers: int = spec(ge=0)
+    batch_size: int = spec(ge=1)
+    seed: int = spec(ge=0)
 
 
 @dataclass
@@ -207,6 +269,8 @@ class TrainerSchema:
     max_epochs: int = spec(ge=1)
     accelerator: str = spec()
     devices: Any = spec()
+    strategy: str = spec()
+    num_nodes: int = spec(ge=1)
     precision: Any = spec()
     gradient_clip_val: Optional[float] = spec(ge=0.0)  # noqa: UP045
     gradient_clip_algorithm: str = spec(choices=("norm", "value"))
@@ -235,7 +299,14 @@ class CallbacksSchema:
 
 # group → choice → schema. "*" applies to any choice of the group (including user-added ones).
 SCHEMAS: dict[str, dict[str, type]] = {
-    "model": {"mlp": MLPSchema, "cnn": CNNSchema, "rnn": RNNSchema, "gan": GANSchema},
+    "model": {
+        "mlp": MLPSchema,
+        "cnn": CNNSchema,
+        "rnn": RNNSchema,
+        "gan": GANSchema,
+        "faster_rcnn": FasterRCNNSchema,
+        "faster_rcnn_coco": FasterRCNNSchema,
+    },
     "data": {
         "digits": DigitsSchema,
         "digits_seq": DigitsSchema,
@@ -248,6 +319,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "fashion_mnist": VisionSchema,
         "cifar10": VisionSchema,
         "image_folder": ImageFolderSchema,
+        "shapes": ShapesSchema,
+        "coco": CocoSchema,
     },
     "optimizer": {
         "sgd": OptimizerSchema,

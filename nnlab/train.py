@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import shutil
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,8 +23,10 @@ import nnlab
 from nnlab import runs
 from nnlab.callbacks.config_stamp import ConfigStamp
 from nnlab.callbacks.grad_flow import GradientFlow
+from nnlab.callbacks.rng_state import RngState
 from nnlab.data.base import TensorBatches, TensorDataModule
 from nnlab.errors import UserError
+from nnlab.models.detection import BUILDER as DETECTOR
 from nnlab.models.gan import GAN
 from nnlab.models.layers import count_parameters
 from nnlab.models.rnn import RecurrentNet
@@ -30,6 +35,7 @@ from nnlab.scratch.engine import BackpropMLP
 from nnlab.scratch.optim import scratch_optimizer
 from nnlab.tasks import gan as gan_task
 from nnlab.tasks.classification import ClassificationTask
+from nnlab.tasks.detection import DetectionTask
 from nnlab.tasks.sequence import RegressionTask
 from nnlab.tasks.supervised import SupervisedTask
 
@@ -40,6 +46,28 @@ class TrainingError(Exception):
     def __init__(self, message: str, run_dir: Path) -> None:
         super().__init__(message)
         self.run_dir = run_dir
+
+
+RUN_DIR_ENV = "NNLAB_RUN_DIR"
+
+
+def process_rank() -> int:
+    """This process's rank in a distributed run (0 when alone), known before any trainer exists:
+    torchrun sets RANK, SLURM SLURM_PROCID, Lightning's own launcher NODE_RANK and LOCAL_RANK."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return int(os.environ[name])
+    return int(os.environ.get("NODE_RANK", 0)) * 1000 + int(os.environ.get("LOCAL_RANK", 0))
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training; the run keeps checkpoints/last.ckpt of its last
+    complete epoch and can be resumed. A KeyboardInterrupt, so whatever stops on Ctrl-C stops."""
+
+    def __init__(self, run_dir: Path, epochs_done: int) -> None:
+        super().__init__(f"training interrupted after {epochs_done} complete epochs")
+        self.run_dir = run_dir
+        self.epochs_done = epochs_done
 
 
 @dataclass
@@ -57,6 +85,10 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*callbacks used to create the checkpoint need to be.*")
     warnings.filterwarnings("ignore", ".*is an invalid version and will not be supported.*")
+    # the tasks sum their metrics over all processes themselves (SupervisedTask._epoch_metrics)
+    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
+    # a resumed run writes into its own, non-empty checkpoints/ on purpose
+    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
@@ -81,23 +113,49 @@ def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def build(cfg: DictConfig) -> tuple[TensorDataModule, pl.LightningModule]:
+def _check_detection_pairing(detector: bool, datamodule: pl.LightningDataModule) -> None:
+    # Detection data (boxes per image) and detection models only make sense together.
+    detection_data = getattr(datamodule, "kind", "") == "detection"
+    if detector and not detection_data:
+        raise UserError(
+            f"model=faster_rcnn detects objects, so it needs a detection dataset with boxes and "
+            f"labels per image, but {type(datamodule).__name__} has one label per sample. Use "
+            f"data=shapes (synthetic, no download) or data=coco data.root=/path/to/dataset."
+        )
+    if detection_data and not detector:
+        raise UserError(
+            f"{type(datamodule).__name__} is an object-detection dataset (boxes and labels per "
+            f"image), which only model=faster_rcnn reads. Use model=faster_rcnn, or a "
+            f"classification dataset (digits, mnist, cifar10, image_folder, ...) for this model."
+        )
+
+
+def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     """The datamodule (set up) and the task, both ready to train; raises UserError on bad input.
 
-    model=gan gets a GanTask; otherwise the data decides: class labels get a ClassificationTask,
-    real-valued targets a RegressionTask.
+    model=gan gets a GanTask and model=faster_rcnn a DetectionTask (which needs detection data);
+    otherwise the data decides: class labels get a ClassificationTask, real-valued targets a
+    RegressionTask.
     """
     datamodule = _instantiate(cfg.data)
     datamodule.setup("fit")
     spec = OmegaConf.to_container(cfg.model, resolve=True)
+    detector = spec.get("_target_") == DETECTOR
+    _check_detection_pairing(detector, datamodule)
     # A GAN's task settings (objective, lr_g, ...) sit in its model config, beside the nets'.
     options = {key: spec.pop(key) for key in gan_task.OPTIONS if key in spec}
+    # how to run the network, not what it is: applied to whatever the builder returns
+    speed = {key: spec.pop(key) for key in ("compile", "channels_last") if key in spec}
     model = _instantiate(
         OmegaConf.create(spec),
         input_shape=datamodule.input_shape,
         num_outputs=datamodule.num_outputs,
         _convert_="all",
     )
+    if speed.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    if speed.get("compile"):
+        model.compile()  # in place: parameter names, and so checkpoints, stay as without it
     if datamodule.variable_length and not isinstance(model, RecurrentNet):
         raise UserError(
             "This dataset has sequences of different lengths (data.min_length < data.length), "
@@ -114,6 +172,8 @@ def build(cfg: DictConfig) -> tuple[TensorDataModule, pl.LightningModule]:
     else:
         optimizer = _instantiate(cfg.optimizer, _convert_="all")  # plain betas, no omegaconf
     scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True)
+    if detector:
+        return datamodule, DetectionTask(model, optimizer, scheduler, datamodule.class_names)
     if isinstance(model, GAN):
         if cfg.trainer.gradient_clip_val:
             raise UserError(
@@ -225,11 +285,13 @@ def train(
     overrides: list[str],
     runs_dir: Path | None = None,
     callbacks: list[pl.Callback] | None = None,
+    resume: Path | None = None,
 ) -> Result:
     """Train one run end to end; returns its directory and final metrics.
 
     `runs_dir` puts the run directory somewhere other than <output_dir>/runs (sweep trials);
-    `callbacks` are added to the trainer's own.
+    `callbacks` are added to the trainer's own; `resume` continues that run directory from its
+    checkpoints/last.ckpt (see run_to_resume).
     """
     _quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -237,14 +299,31 @@ def train(
     datamodule, task = build(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
-    run_dir = runs.create_run_dir(
-        runs_dir or runs.runs_root(cfg.output_dir), run_name(cfg, choices)
-    )
-    OmegaConf.save(OmegaConf.create(resolved), run_dir / runs.CONFIG)
-    OmegaConf.save(OmegaConf.create({"overrides": list(overrides)}), run_dir / runs.OVERRIDES)
+    lead = process_rank() == 0  # only the first process of a distributed run writes files
+    shared = os.environ.get(RUN_DIR_ENV)
+    if resume is None and shared:
+        # a distributed run: every process trains, in the one directory the first one made
+        run_dir, ckpt_path = Path(shared), None
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif resume is None:
+        run_dir = _new_run_dir(runs_dir or runs.runs_root(cfg.output_dir), run_name(cfg, choices))
+        ckpt_path = None
+    else:
+        run_dir, ckpt_path = resume, str(resume / runs.CHECKPOINTS / runs.LAST)
+        # the overrides given when resuming (more epochs, ...) join the run's own
+        before = OmegaConf.load(run_dir / runs.OVERRIDES).get("overrides", [])
+        overrides = [*before, *overrides]
+    if lead:
+        OmegaConf.save(OmegaConf.create(resolved), run_dir / runs.CONFIG)
+        OmegaConf.save(OmegaConf.create({"overrides": list(overrides)}), run_dir / runs.OVERRIDES)
+
+    def record() -> None:
+        if lead:
+            runs.write_json(run_dir / runs.METRICS, summary)
+
     try:
         stamp = ConfigStamp(resolved, nnlab.__version__)
-        extra = [stamp, *(callbacks or [])]
+        extra = [stamp, RngState(), *(callbacks or [])]
         flow = None
         if cfg.callbacks.grad_flow and isinstance(task, SupervisedTask):
             flow = GradientFlow(every=cfg.callbacks.grad_flow_every)
@@ -253,20 +332,26 @@ def train(
     except Exception as err:
         # Only bad trainer settings fail here (accelerator=gpu without a GPU, an unknown
         # argument, ...): the directory made a moment ago holds nothing but the config, so it
-        # goes rather than litter outputs/.
-        shutil.rmtree(run_dir)
+        # goes rather than litter outputs/ (a resumed run's directory stays, of course).
+        if resume is None and lead:
+            shutil.rmtree(run_dir)
         raise UserError(f"Bad trainer setting: {type(err).__name__}: {err}") from None
     summary: dict[str, Any] = {
         "status": "running",
         "choices": choices,
         "params": count_parameters(task.model),
         "versions": versions(),
+        **({"resumed_from": ckpt_path} if ckpt_path else {}),
     }
-    runs.write_json(run_dir / runs.METRICS, summary)
+    record()
+    sigint = signal.getsignal(signal.SIGINT)
+    # Lightning's DDP launcher starts the other processes by running this command again: they
+    # must find this run directory rather than make their own.
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
 
     start = time.perf_counter()
     try:
-        trainer.fit(task, datamodule=datamodule)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
         summary["fit_time_s"] = time.perf_counter() - start
         summary["epochs"] = trainer.current_epoch
         summary.update(_prefixed(trainer.callback_metrics, "train/"))
@@ -297,7 +382,8 @@ def train(
         test = trainer.test(task, datamodule=datamodule, ckpt_path=best, verbose=False)
         summary.update(_prefixed(val[0], "val/"))
         summary.update(_prefixed(test[0], "test/"))
-        _save_samples(task, run_dir)
+        if lead:
+            _save_samples(task, run_dir)
     except UserError:
         raise
     except Exception as err:
@@ -306,16 +392,23 @@ def train(
 
         (run_dir / "error.log").write_text(traceback.format_exc())
         raise TrainingError(f"{type(err).__name__}: {err}", run_dir) from err
-    except BaseException:
-        # SIGTERM (Lightning raises SystemExit for it) or a second Ctrl-C: not a failure.
+    except BaseException as err:
+        # Ctrl-C and SIGTERM (Lightning turns both into SystemExit): not a failure.
         summary["status"] = "interrupted"
+        if isinstance(err, KeyboardInterrupt | SystemExit):
+            raise RunInterrupted(run_dir, trainer.current_epoch) from None
         raise
     finally:
         summary["wall_time_s"] = time.perf_counter() - start
-        runs.write_json(run_dir / runs.METRICS, summary)
+        record()
+        if lead:
+            os.environ.pop(RUN_DIR_ENV, None)
+        # Lightning ignores further Ctrl-C while it shuts down and never restores the handler.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint)
     summary["status"] = "finished"
-    runs.write_json(run_dir / runs.METRICS, summary)
-    if trainer.logger:
+    record()
+    if trainer.logger and lead:
         # Lightning writes these metrics as scalars at step 0: under their own tags, so they
         # do not add a stray point to the start of every training curve.
         metrics = {f"final/{k}": v for k, v in summary.items() if "/" in k}
@@ -336,27 +429,86 @@ def _score_training_split(
     return {k.replace("test/", "trainset/", 1): v for k, v in _prefixed(scores, "test/").items()}
 
 
-def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> Result:
-    """Test a trained model: rebuild it from its run's saved config and load the checkpoint."""
-    from nnlab.callbacks.config_stamp import KEY
-    from nnlab.config import apply_overrides
+def _new_run_dir(root: Path, name: str) -> Path:
+    try:
+        return runs.create_run_dir(root, name)
+    except OSError as err:
+        raise UserError(
+            f"Cannot create a run directory in {root}: {err.strerror or err}. Make it writable "
+            f"(and check the disk has room), or write runs elsewhere with output_dir=/some/path."
+        ) from None
 
-    _quiet_lightning()
-    run_dir, ckpt = runs.resolve_target(target, output_dir)
+
+def load_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """A checkpoint file's contents; UserError when it is damaged or not a Lightning checkpoint."""
     try:
         checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise UserError(f"Cannot read checkpoint {ckpt}: {type(err).__name__}: {err}") from None
+        raise UserError(
+            f"Cannot read checkpoint {ckpt} ({type(err).__name__}: {str(err).splitlines()[0]}): "
+            f"the file is damaged, cut short or not a PyTorch checkpoint. Use another checkpoint "
+            f"of the run (checkpoints/best.ckpt or last.ckpt) or train again."
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(
+            f"{ckpt} is a PyTorch file but not a Lightning checkpoint (it has no state_dict), so "
+            f"it was not written by nnlab train. Give a checkpoint from an nnlab run."
+        )
+    return checkpoint
+
+
+def _written_by(checkpoint: dict[str, Any]) -> str | None:
+    from nnlab.callbacks.config_stamp import KEY
+
+    return (checkpoint.get(KEY) or {}).get("version")
+
+
+def run_to_resume(
+    target: str, overrides: list[str], output_dir: str = "outputs"
+) -> tuple[Path, DictConfig, dict[str, str]]:
+    """The run directory `--resume` continues, its config with `overrides` applied (more epochs,
+    ...) and its group choices; UserError when there is nothing to resume from."""
+    from nnlab.config import saved_run_config
+
+    run_dir, _ = runs.resolve_target(target, output_dir)
+    if run_dir is None:
+        raise UserError(
+            f"--resume continues a run, so give its directory, its name or 'latest', not a "
+            f"checkpoint file ({target})."
+        )
+    last = run_dir / runs.CHECKPOINTS / runs.LAST
+    if not last.exists():
+        raise UserError(
+            f"{run_dir} has no {runs.CHECKPOINTS}/{runs.LAST} to resume from: it stopped before "
+            f"its first epoch ended. Start it again with nnlab train and its overrides."
+        )
+    checkpoint = load_checkpoint(last)
+    choices = runs.read_json(run_dir / runs.METRICS).get("choices", {})
+    saved = OmegaConf.load(run_dir / runs.CONFIG)
+    cfg = saved_run_config(saved, choices, overrides, _written_by(checkpoint))
+    return run_dir, cfg, choices
+
+
+def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> Result:
+    """Test a trained model: rebuild it from its run's saved config and load the checkpoint."""
+    from nnlab.callbacks.config_stamp import KEY
+    from nnlab.config import saved_run_config
+
+    _quiet_lightning()
+    run_dir, ckpt = runs.resolve_target(target, output_dir)
+    checkpoint = load_checkpoint(ckpt)
+    choices: dict[str, str] = {}
     if run_dir is not None:
-        cfg = OmegaConf.load(run_dir / runs.CONFIG)
+        saved = OmegaConf.load(run_dir / runs.CONFIG)
+        choices = runs.read_json(run_dir / runs.METRICS).get("choices", {})
     elif KEY in checkpoint:
-        cfg = OmegaConf.create(checkpoint[KEY]["config"])
+        saved = OmegaConf.create(checkpoint[KEY]["config"])
     else:
         raise UserError(
             f"{ckpt} is not inside an nnlab run directory and carries no nnlab config, so the "
             f"model cannot be rebuilt. Give the run directory it came from instead."
         )
-    cfg = apply_overrides(cfg, overrides)
+    cfg = saved_run_config(saved, choices, overrides, _written_by(checkpoint))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, task = build(cfg)
     trainer = pl.Trainer(

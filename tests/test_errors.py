@@ -11,7 +11,7 @@ import pytest
 from tests.helpers import QUICK, assert_clear_error
 
 BAD = [
-    (["model=mpl"], ["'mpl'", "cnn, gan, mlp, rnn", "Did you mean 'mlp'"]),
+    (["model=mpl"], ["'mpl'", "faster_rcnn_coco, gan, mlp, rnn", "Did you mean 'mlp'"]),
     (["modle=cnn"], ["'modle'", "Did you mean 'model'"]),
     (["model.hiden=64"], ["'model.hiden'", "Did you mean 'hidden'"]),
     (["trainer.max_epochs=abc"], ["trainer.max_epochs", "'abc'"]),

@@ -24,12 +24,14 @@ def test_every_preset_composes_for_each_of_its_runs(name, nnlab):
 def test_experiment_runs_every_variant_and_writes_the_comparison(nnlab, workdir):
     result = nnlab("train", "experiment=vanishing_gradients", *TINY, "model.depth=3")
     assert result.exit_code == 0, result.output
-    runs = all_runs(workdir)
     labels = ["sigmoid", "relu", "sigmoid+batchnorm", "sigmoid+residual"]
-    assert len(runs) == len(labels)
-    for run, label in zip(runs, labels, strict=True):
-        config = yaml.safe_load((run / "config.yaml").read_text())
-        assert config["name"] == f"vanishing_gradients-{label}"
+    # runs started in the same second sort by name, so find each by its config
+    configs = {run: yaml.safe_load((run / "config.yaml").read_text()) for run in all_runs(workdir)}
+    by_name = {config["name"]: run for run, config in configs.items()}
+    assert sorted(by_name) == sorted(f"vanishing_gradients-{label}" for label in labels)
+    runs = [by_name[f"vanishing_gradients-{label}"] for label in labels]
+    for run in runs:
+        config = configs[run]
         assert config["tags"] == ["vanishing_gradients"] and config["model"]["depth"] == 3
         assert "grad_ratio_first_last" in metrics_of(run)
     assert "experiment vanishing_gradients" in result.output

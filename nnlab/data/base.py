@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from sklearn.model_selection import train_test_split
+
+ON_DEVICE_LIMIT = 1 << 30  # bytes of a split kept on the GPU whole (more: moved batch by batch)
 
 
 class TensorBatches:
@@ -28,10 +32,28 @@ class TensorBatches:
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self.epoch_of: Callable[[], int] | None = None  # where the epoch comes from, if not a count
+
+    def _folds_last(self, n: int) -> bool:
+        # When n % batch_size == 1 the last training batch would hold one sample, and BatchNorm
+        # cannot train on one (torch raises): that sample joins the batch before it instead.
+        return self.shuffle and 1 < self.batch_size < n and n % self.batch_size == 1
+
+    def _shard(self) -> tuple[int, int, int]:
+        """(samples this process reads, its rank, the world size). In a distributed run each
+        process reads every world-th sample; training shards are cut to one size, because every
+        process must take the same number of steps."""
+        n = len(self.tensors[0])
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return n, 0, 1
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        if self.shuffle:
+            return n // world, rank, world
+        return len(range(rank, n, world)), rank, world
 
     def __len__(self) -> int:
-        n = len(self.tensors[0])
-        return (n + self.batch_size - 1) // self.batch_size
+        n = self._shard()[0]
+        return (n + self.batch_size - 1) // self.batch_size - self._folds_last(n)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -39,12 +61,20 @@ class TensorBatches:
     def __iter__(self):
         tensors = self.tensors
         if self.shuffle:
+            if self.epoch_of is not None:
+                self.epoch = self.epoch_of()
             generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(len(tensors[0]), generator=generator)
             tensors = tuple(t[order] for t in tensors)
             self.epoch += 1
-        for start in range(0, len(tensors[0]), self.batch_size):
-            yield tuple(t[start : start + self.batch_size] for t in tensors)
+        n, rank, world = self._shard()
+        if world > 1:  # the same order on every process (same seed), so the shards are disjoint
+            tensors = tuple(t[rank::world][:n] for t in tensors)
+        count = len(self)
+        for i in range(count):
+            start = i * self.batch_size
+            stop = n if i == count - 1 else start + self.batch_size
+            yield tuple(t[start:stop] for t in tensors)
 
 
 def stratified_split(
@@ -119,14 +149,29 @@ class TensorDataModule(pl.LightningDataModule):
     def variable_length(self) -> bool:
         return len(self.splits["train"]) == 3
 
+    def _on_device(self, split: str) -> tuple[torch.Tensor, ...]:
+        # A small dataset moves to the accelerator once, not batch by batch every epoch.
+        tensors = self.splits[split]
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        if device is None or device.type == "cpu" or size > ON_DEVICE_LIMIT:
+            return tensors
+        return tuple(t.to(device) for t in tensors)
+
     def train_dataloader(self) -> TensorBatches:
-        return TensorBatches(self.splits["train"], self.batch_size, shuffle=True, seed=self.seed)
+        batches = TensorBatches(self._on_device("train"), self.batch_size, True, self.seed)
+        if self.trainer is not None:
+            # the trainer's epoch, not a count of passes: a resumed fit starts mid-run and must
+            # shuffle as the uninterrupted run did in that epoch
+            trainer = self.trainer
+            batches.epoch_of = lambda: trainer.current_epoch
+        return batches
 
     def val_dataloader(self) -> TensorBatches:
-        return TensorBatches(self.splits["val"], self.batch_size)
+        return TensorBatches(self._on_device("val"), self.batch_size)
 
     def test_dataloader(self) -> TensorBatches:
-        return TensorBatches(self.splits["test"], self.batch_size)
+        return TensorBatches(self._on_device("test"), self.batch_size)
 
 
 def standardize(

@@ -73,7 +73,10 @@ class SupervisedTask(LeanModule):
         self._sums[kind] = torch.zeros(3, device=self.device)
 
     def _epoch_metrics(self, stage: str) -> dict[str, Tensor]:
-        loss_sum, score_sum, n = self._sums["train" if stage == "train" else "eval"]
+        sums = self._sums["train" if stage == "train" else "eval"]
+        if self.trainer.world_size > 1:  # every process's sums: exact means over all samples
+            sums = self.trainer.strategy.reduce(sums.clone(), reduce_op="sum")
+        loss_sum, score_sum, n = sums
         return {f"{stage}/loss": loss_sum / n, f"{stage}/{self.score_name}": score_sum / n}
 
     def on_train_epoch_start(self) -> None:
@@ -85,7 +88,7 @@ class SupervisedTask(LeanModule):
         return self._step("train", batch)[0]
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict({**self._epoch_metrics("train"), "train/lr": self._epoch_lr}, sync_dist=True)
+        self.log_dict({**self._epoch_metrics("train"), "train/lr": self._epoch_lr})
         # One host sync per epoch: a NaN/inf loss ends the run (last.ckpt keeps the state).
         if not torch.isfinite(self._sums["train"][0]):
             self.diverged_at = self.current_epoch + 1
@@ -98,7 +101,7 @@ class SupervisedTask(LeanModule):
         self._step("eval", batch)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self._epoch_metrics("val"), sync_dist=True)
+        self.log_dict(self._epoch_metrics("val"))
 
     def on_test_epoch_start(self) -> None:
         self._reset("eval")
@@ -107,7 +110,7 @@ class SupervisedTask(LeanModule):
         self._step("eval", batch)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self._epoch_metrics("test"), sync_dist=True)
+        self.log_dict(self._epoch_metrics("test"))
 
     def configure_optimizers(self) -> Any:
         return configure(

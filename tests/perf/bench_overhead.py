@@ -30,6 +30,7 @@ from nnlab.train import build, train
 
 TARGETS = {"hand": 1.25, "stock": 0.6}  # the issue's targets: nnlab / variant must be <= these
 WARMUP_EPOCHS = 2
+DATA = {"mlp": "digits", "cnn": "digits", "rnn": "digits_seq"}  # rnn: an LSTM over digit rows
 
 
 def quiet() -> None:
@@ -40,7 +41,9 @@ def quiet() -> None:
 
 def setup(model: str, batch_size: int) -> tuple[nn.Module, dict[str, tuple[Tensor, Tensor]]]:
     """The nnlab-built model (seeded as nnlab's train() seeds it) and the digits splits."""
-    cfg, _ = compose_config([f"model={model}", f"data.batch_size={batch_size}"])
+    cfg, _ = compose_config(
+        [f"model={model}", f"data={DATA[model]}", f"data.batch_size={batch_size}"]
+    )
     pl.seed_everything(cfg.seed, verbose=False)
     datamodule, task = build(cfg)
     return task.model, datamodule.splits
@@ -84,7 +87,8 @@ class NullTTY(io.TextIOBase):
 
 def run_nnlab(model_name: str, epochs: int, bs: int, bar_tb: bool) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = [f"model={model_name}", f"trainer.max_epochs={epochs}"]
+        overrides = [f"model={model_name}", f"data={DATA[model_name]}"]
+        overrides += [f"trainer.max_epochs={epochs}"]
         plain = ["trainer.enable_progress_bar=false", "logger=none"]
         overrides += ([] if bar_tb else plain) + [f"data.batch_size={bs}", f"output_dir={tmp}"]
         cfg, choices = compose_config(overrides)
@@ -138,18 +142,8 @@ def run_stock(model_name: str, epochs: int, bs: int) -> float:
         return (time.perf_counter() - start) / epochs
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    quiet()
-    m, bs = args.model, args.batch_size
+def measure(m: str, bs: int, epochs: int, repeats: int) -> dict[str, float]:
+    """Median ms/epoch of every variant for one model and batch size."""
     runners: dict[str, Callable[[int], float]] = {
         "hand": lambda e: run_hand(m, e, bs),
         "nnlab": lambda e: run_nnlab(m, e, bs, bar_tb=False),
@@ -160,25 +154,46 @@ def main() -> None:
         run(WARMUP_EPOCHS)
     names = list(runners)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(args.repeats):
+    for r in range(repeats):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            times[name].append(runners[name](args.epochs) * 1000)
-    median = {name: statistics.median(t) for name, t in times.items()}
+            times[name].append(runners[name](epochs) * 1000)
+    print(f"{'variant':<16}{'ms/epoch':>10}   all repeats (ms/epoch)   [model={m} batch={bs}]")
+    for name in names:
+        line = " ".join(f"{t:.2f}" for t in times[name])
+        print(f"{name:<16}{statistics.median(times[name]):>10.2f}   {line}")
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[64])
+    parser.add_argument("--model", choices=sorted(DATA), nargs="+", default=["mlp"])
+    parser.add_argument("--grid", action="store_true", help="mlp, cnn, rnn × batch 32 and 256")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quiet()
+    models, sizes = (sorted(DATA), [32, 256]) if args.grid else (args.model, args.batch_size)
     print(
         f"machine: {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"lightning {pl.__version__}, load avg {os.getloadavg()[0]:.1f} | model={m} batch={bs} "
-        f"epochs={args.epochs} repeats={args.repeats} (digits, Adam lr=1e-3, val every epoch)"
+        f"lightning {pl.__version__}, load avg {os.getloadavg()[0]:.1f} | epochs={args.epochs} "
+        f"repeats={args.repeats} (digits, Adam lr=1e-3, val every epoch)"
     )
-    print(f"{'variant':<16}{'ms/epoch':>10}   all repeats (ms/epoch)")
-    for name in names:
-        print(f"{name:<16}{median[name]:>10.2f}   " + " ".join(f"{t:.2f}" for t in times[name]))
-    print(f"{'ratio':<26}{'value':>7}{'target':>9}")
-    for ours in ("nnlab", "nnlab (bar+tb)"):
-        for base, target in TARGETS.items():
-            ratio = median[ours] / median[base]
-            verdict = "PASS" if ratio <= target else "MISS"
-            print(f"{f'{ours} / {base}':<26}{ratio:>7.2f}{f'<= {target}':>9}  {verdict}")
+    cells = {(m, bs): measure(m, bs, args.epochs, args.repeats) for m in models for bs in sizes}
+    print(f"\n{'cell':<14}{'ratio':<26}{'value':>7}{'target':>9}")
+    for (m, bs), median in cells.items():
+        for ours in ("nnlab", "nnlab (bar+tb)"):
+            for base, target in TARGETS.items():
+                ratio = median[ours] / median[base]
+                verdict = "PASS" if ratio <= target else "MISS"
+                cell = f"{m} b{bs}"
+                print(
+                    f"{cell:<14}{f'{ours} / {base}':<26}{ratio:>7.2f}{f'<= {target}':>9}  {verdict}"
+                )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+"""Random-number state in every checkpoint: a resumed run draws what an uninterrupted one would."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+KEY = "nnlab_rng"
+
+
+class RngState(pl.Callback):
+    """Checkpoints are written at epoch ends, after validation, where nothing else draws random
+    numbers before the next epoch: restoring these states makes dropout and augmentation in the
+    resumed epochs identical. (Batch order has its own seeded generator per epoch.)"""
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # tensors and plain numbers only: Lightning loads checkpoints with weights_only=True
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint[KEY] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        states = checkpoint.get(KEY)
+        if states:
+            torch.set_rng_state(states["torch"])
+            kind, keys, pos, has_gauss, gauss = states["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            random.setstate(states["python"])

@@ -1,0 +1,206 @@
+"""Any COCO-format detection dataset on disk: an images folder and an annotations JSON.
+
+Images are read lazily (a COCO-sized set does not fit in memory); class count and names come
+from the annotations' categories, renumbered 1..K in order of category id (0 is background).
+Without separate validation/test annotation files, both are carved from the training images.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.functional import pil_to_tensor
+
+from nnlab.data.detection import DetectionDataModule, Target
+from nnlab.errors import UserError
+
+Record = tuple[Path, Target]  # an image file and its boxes and labels
+
+
+def _collate(batch: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
+    # Images differ in size: a list, which torchvision's detector resizes and pads itself.
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)
+
+
+class CocoImages(Dataset):
+    """(image in [0, 1], target) pairs read from disk on demand."""
+
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
+        path, target = self.records[index]
+        with Image.open(path) as image:
+            pixels = pil_to_tensor(image.convert("RGB"))
+        return pixels.float().div_(255.0), target
+
+
+def _layout_error(what: str, problem: str) -> UserError:
+    return UserError(
+        f"Cannot load the COCO dataset: {what} {problem}. nnlab expects the images in "
+        f"<data.root>/<data.images>/ (default images/) and a COCO-format annotations JSON, with "
+        f"'images' (id, file_name), 'annotations' (image_id, category_id, bbox as [x, y, width, "
+        f"height]) and 'categories' (id, name), at <data.root>/<data.annotations> (default "
+        f"annotations.json). Point nnlab at it with data.root=/path/to/dataset, and "
+        f"data.images=... data.annotations=... if your names differ (e.g. "
+        f"data.images=train2017 data.annotations=annotations/instances_train2017.json)."
+    )
+
+
+def read_coco(
+    annotations: Path, images: Path, categories: list[int] | None = None
+) -> tuple[list[Record], list[int], list[str]]:
+    """Records of every image in a COCO JSON, the category ids (in label order) and names.
+
+    `categories` fixes the id → label numbering (a validation file follows the training one).
+    Crowd regions and boxes without area are skipped: torchvision's detector needs positive
+    widths and heights.
+    """
+    if not annotations.is_file():
+        raise _layout_error(f"the annotations file {annotations}", "does not exist")
+    if not images.is_dir():
+        raise _layout_error(f"the images folder {images}", "does not exist")
+    try:
+        coco: dict[str, Any] = json.loads(annotations.read_text())
+        entries = {int(im["id"]): im["file_name"] for im in coco["images"]}
+        names_by_id = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
+        found = coco.get("annotations", [])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise _layout_error(
+            f"the annotations file {annotations}", f"is not COCO-format JSON ({err!r})"
+        ) from None
+    if categories is None:
+        categories = sorted(names_by_id)
+    if not categories:
+        raise _layout_error(f"the annotations file {annotations}", "lists no categories")
+    label_of = {cid: i + 1 for i, cid in enumerate(categories)}
+    boxes: dict[int, list[list[float]]] = {i: [] for i in entries}
+    labels: dict[int, list[int]] = {i: [] for i in entries}
+    for ann in found:
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        if ann.get("iscrowd", 0) or w <= 0 or h <= 0:
+            continue
+        cid = int(ann["category_id"])
+        if cid not in label_of:
+            raise _layout_error(
+                f"the annotations file {annotations}", f"uses category id {cid}, not listed"
+            )
+        boxes[int(ann["image_id"])].append([x, y, x + w, y + h])
+        labels[int(ann["image_id"])].append(label_of[cid])
+    missing = [name for name in entries.values() if not (images / name).is_file()]
+    if missing:
+        raise _layout_error(
+            f"the images folder {images}",
+            f"lacks {len(missing)} image(s) the annotations list, e.g. {', '.join(missing[:3])}",
+        )
+    records = [
+        (
+            images / name,
+            {
+                "boxes": torch.tensor(boxes[i], dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.tensor(labels[i], dtype=torch.int64),
+            },
+        )
+        for i, name in sorted(entries.items())
+    ]
+    names = [names_by_id.get(cid, str(cid)) for cid in categories]
+    return records, categories, names
+
+
+class CocoDataModule(DetectionDataModule):
+    """A COCO-format dataset under `root`: `images` folder, `annotations` JSON (both relative to
+    root), optional separate validation/test files; otherwise val/test are carved by image."""
+
+    def __init__(
+        self,
+        root: str,
+        images: str = "images",
+        annotations: str = "annotations.json",
+        val_images: str | None = None,
+        val_annotations: str | None = None,
+        test_images: str | None = None,
+        test_annotations: str | None = None,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        batch_size: int = 4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, seed)
+        self.root = root
+        self.files = {
+            "train": (images, annotations),
+            "val": (val_images or images, val_annotations),
+            "test": (test_images or images, test_annotations),
+        }
+        self.fractions = {"val": val_fraction, "test": test_fraction}
+        self.split_seed = split_seed
+        self.num_workers = num_workers
+        self.records: dict[str, list[Record]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.records:
+            return
+        root = Path(self.root).expanduser().resolve()
+        if not root.is_dir():
+            raise _layout_error(f"the data root {root}", "does not exist")
+        folder, ann = self.files["train"]
+        train, categories, self.class_names = read_coco(root / str(ann), root / folder)
+        self.records = {"train": train}
+        carve = [s for s in ("test", "val") if self.files[s][1] is None]
+        for split in ("val", "test"):
+            if split not in carve:
+                folder, ann = self.files[split]
+                self.records[split] = read_coco(root / str(ann), root / folder, categories)[0]
+        if carve:
+            self._carve(carve)
+
+    def _carve(self, splits: list[str]) -> None:
+        train = self.records["train"]
+        order = np.random.default_rng(self.split_seed).permutation(len(train))
+        counts = {s: round(self.fractions[s] * len(train)) for s in splits}
+        if any(n < 1 for n in counts.values()) or sum(counts.values()) >= len(train):
+            raise UserError(
+                f"Cannot carve {' and '.join(splits)} images from the {len(train)} training "
+                f"images with data.val_fraction={self.fractions['val']} and "
+                f"data.test_fraction={self.fractions['test']}: each needs at least one image and "
+                f"some must be left to train on. Use more images, other fractions, or give "
+                f"data.val_annotations / data.test_annotations files."
+            )
+        start = 0
+        for split in splits:
+            self.records[split] = [train[i] for i in order[start : start + counts[split]]]
+            start += counts[split]
+        self.records["train"] = [train[i] for i in order[start:]]
+
+    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            CocoImages(self.records[split]),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=_collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

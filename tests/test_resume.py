@@ -1,0 +1,142 @@
+"""Interrupt and resume, and the damaged inputs a long-lived run directory meets (issue 7)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from nnlab.config import compose_config
+from nnlab.train import RunInterrupted, train
+from tests.helpers import all_runs, assert_clear_error, metrics_of
+
+RUN = ["trainer.max_epochs=4", "trainer.enable_progress_bar=false"]
+COMPARED = ("train/loss", "val/loss", "val/acc", "test/loss", "test/acc", "epochs")
+
+
+class CtrlC(pl.Callback):
+    """Ctrl-C in the middle of epoch 3."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == 2 and batch_idx == 3:
+            raise KeyboardInterrupt
+
+
+def test_resumed_run_ends_exactly_like_an_uninterrupted_one(nnlab, workdir):
+    assert nnlab("train", *RUN).exit_code == 0
+    uninterrupted = metrics_of(all_runs(workdir)[0])
+
+    cfg, choices = compose_config(RUN)
+    with pytest.raises(RunInterrupted) as stopped:
+        train(cfg, choices, RUN, callbacks=[CtrlC()])
+    run = stopped.value.run_dir
+    assert stopped.value.epochs_done == 2
+    assert metrics_of(run)["status"] == "interrupted"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+
+    result = nnlab("train", "--resume", str(run))
+    assert result.exit_code == 0, result.output
+    resumed = metrics_of(run)
+    assert resumed["status"] == "finished" and len(all_runs(workdir)) == 2  # no new directory
+    assert {k: resumed[k] for k in COMPARED} == {k: uninterrupted[k] for k in COMPARED}
+
+
+def test_resume_latest_with_more_epochs_continues_the_run(nnlab, workdir):
+    assert (
+        nnlab("train", "trainer.max_epochs=2", "trainer.enable_progress_bar=false").exit_code == 0
+    )
+    result = nnlab("train", "resume=latest", "trainer.max_epochs=3")
+    assert result.exit_code == 0, result.output
+    (run,) = all_runs(workdir)
+    assert metrics_of(run)["epochs"] == 3
+    assert (
+        "trainer.max_epochs=3" in yaml.safe_load((run / "overrides.yaml").read_text())["overrides"]
+    )
+
+
+def test_sigterm_keeps_last_ckpt_and_says_how_to_resume(workdir):
+    command = [sys.executable, "-c", "from nnlab.cli import app; app()", "train"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [*command, "trainer.max_epochs=500", "trainer.enable_progress_bar=false"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(workdir.glob("outputs/runs/*/checkpoints/last.ckpt")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Interrupted" in stderr and "nnlab train --resume" in stderr
+    assert "Traceback" not in stderr
+    (run,) = all_runs(workdir)
+    assert metrics_of(run)["status"] == "interrupted"
+    assert (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_resume_bad_input(nnlab, workdir):
+    assert_clear_error(nnlab("train", "--resume", "nope"), ["'nope' is not a run directory"])
+    assert (
+        nnlab("train", "trainer.max_epochs=1", "trainer.enable_progress_bar=false").exit_code == 0
+    )
+    (run,) = all_runs(workdir)
+    assert_clear_error(nnlab("train", "-m", "--resume", "latest", "seed=1,2"), ["one run"])
+    assert_clear_error(
+        nnlab("train", "--resume", "latest", "model.hiden=3"), ["Unknown key 'model.hiden'"]
+    )
+    (run / "checkpoints" / "last.ckpt").unlink()
+    assert_clear_error(nnlab("train", "--resume", str(run)), ["no checkpoints/last.ckpt"])
+
+
+def test_damaged_and_foreign_checkpoints_are_clear_errors(nnlab, workdir):
+    assert (
+        nnlab("train", "trainer.max_epochs=1", "trainer.enable_progress_bar=false").exit_code == 0
+    )
+    (run,) = all_runs(workdir)
+    best = run / "checkpoints" / "best.ckpt"
+    best.write_bytes(best.read_bytes()[:1000])  # cut short, as by a full disk
+    assert_clear_error(nnlab("eval", str(best)), ["Cannot read checkpoint", "damaged"])
+    foreign = workdir / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    assert_clear_error(nnlab("eval", str(foreign)), ["not a Lightning checkpoint"])
+    assert (run / "metrics.json").exists() and (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_config_from_another_version(nnlab, workdir):
+    assert (
+        nnlab("train", "trainer.max_epochs=1", "trainer.enable_progress_bar=false").exit_code == 0
+    )
+    (run,) = all_runs(workdir)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    # keys added since a run was written take today's defaults: older runs still evaluate
+    del config["eval_train"], config["model"]["engine"]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert nnlab("eval", str(run)).exit_code == 0
+    # a key this version does not know is a clear error naming both versions
+    ckpt = run / "checkpoints" / "best.ckpt"
+    checkpoint = torch.load(ckpt, weights_only=False)
+    checkpoint["nnlab"]["version"] = "9.0.0"
+    torch.save(checkpoint, ckpt)
+    config["model"]["attention_heads"] = 8
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert_clear_error(nnlab("eval", str(run)), ["nnlab 9.0.0", "attention_heads"])
+
+
+def test_unwritable_output_dir_is_a_clear_error(nnlab, workdir):
+    blocker = workdir / "not_a_dir"
+    blocker.write_text("a file where the output directory should be\n")
+    result = nnlab("train", f"output_dir={blocker}", "trainer.max_epochs=1")
+    assert_clear_error(result, ["Cannot create a run directory", "output_dir="])
+    assert blocker.read_text().startswith("a file")

@@ -1,0 +1,65 @@
+"""Scaling out and speed options: DDP on Lightning's engine, torch.compile, channels_last."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from nnlab.config import compose_config
+from nnlab.train import build
+from tests.helpers import QUICK, all_runs, metrics_of
+
+
+def test_ddp_on_two_cpu_processes_writes_one_run(workdir):
+    # Lightning's DDP launcher starts the second process by running the command line again, so
+    # this runs the installed `nnlab` script, as a user would.
+    script = Path(sys.executable).parent / "nnlab"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [str(script), "train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+         "trainer.max_epochs=3", "trainer.enable_progress_bar=false"],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = all_runs(workdir)  # one directory for both processes
+    metrics = metrics_of(run)
+    assert metrics["status"] == "finished" and metrics["epochs"] == 3
+    assert metrics["test/acc"] > 0.85  # the two shards together learn the digits
+    assert result.stdout.count("mlp on digits: finished") == 1  # the first process reports
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    events = EventAccumulator(str(run / "tb")).Reload()
+    assert len(events.Scalars("val/acc")) == 3  # one writer: one point per epoch
+
+
+def test_ddp_shards_partition_every_epoch():
+    from nnlab.data.base import TensorBatches
+
+    x = torch.arange(103).float().unsqueeze(1)
+    batches = TensorBatches((x, x), batch_size=8, shuffle=True, seed=3)
+    seen = []
+    for rank in (0, 1):
+        batches._shard = lambda rank=rank: (103 // 2, rank, 2)  # as torch.distributed would say
+        batches.epoch = 5
+        seen.append(torch.cat([b[0] for b in batches]).flatten().tolist())
+    assert len(seen[0]) == len(seen[1]) == 51  # equal steps on both processes
+    assert not set(seen[0]) & set(seen[1])  # disjoint
+
+
+def test_compile_and_channels_last_options(nnlab, workdir):
+    cfg, _ = compose_config(["model=cnn", "model.compile=true", "model.channels_last=true"])
+    _, task = build(cfg)
+    conv = next(m for m in task.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert task.model._compiled_call_impl is not None
+    # parameter names are untouched, so checkpoints stay loadable without compile
+    plain, _ = compose_config(["model=cnn"])
+    assert task.state_dict().keys() == build(plain)[1].state_dict().keys()
+    result = nnlab(
+        "train", "model=cnn", "model.channels_last=true", "model.channels=[8,16]", *QUICK
+    )
+    assert result.exit_code == 0, result.output
