@@ -179,9 +179,14 @@ def _check_bounds(key: str, value: Any, bounds: Any) -> None:
     if "choices" in bounds and value is not None and value not in bounds["choices"]:
         raise choice_error(f"value for {key}", value, bounds["choices"])
     if isinstance(value, (list, ListConfig)):
+        if "length" in bounds and len(value) != bounds["length"]:
+            raise UserError(
+                f"Bad value for {key}: {list(value)}. It must hold {bounds['length']} numbers."
+            )
         # Bounds of a list field (model.channels) hold for each of its items.
+        items = {k: v for k, v in bounds.items() if k != "length"}
         for i, item in enumerate(value):
-            _check_bounds(f"{key}[{i}]", item, bounds)
+            _check_bounds(f"{key}[{i}]", item, items)
         return
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return

@@ -16,7 +16,8 @@ MAX_SEED = 2**32 - 1  # numpy and scikit-learn take 32-bit seeds
 
 
 def spec(**bounds: Any) -> Any:
-    """A required schema field with optional bounds: gt, ge, lt, le, choices."""
+    """A required schema field with optional bounds: gt, ge, lt, le, choices, and length
+    for lists (whose items the other bounds then apply to)."""
     return field(default=MISSING, metadata=bounds)
 
 
@@ -220,7 +221,7 @@ class MomentumSchema(OptimizerSchema):
 
 @dataclass
 class AdamSchema(OptimizerSchema):
-    betas: List[float] = spec()  # noqa: UP006
+    betas: List[float] = spec(ge=0.0, lt=1.0, length=2)  # noqa: UP006
     eps: float = spec(gt=0.0)
 
 

@@ -87,3 +87,9 @@ def test_checkpoint_that_does_not_fit_the_model_is_a_clear_error(nnlab, workdir)
     assert result.exit_code == 2
     assert "does not fit the model" in result.output
     assert "Traceback" not in result.output
+
+
+def test_adam_betas_are_checked_before_training(nnlab, workdir):
+    assert_clear_error(nnlab("train", "optimizer.betas=[0.9]"), ["optimizer.betas", "2 numbers"])
+    assert_clear_error(nnlab("train", "optimizer.betas=[0.9,1.0]"), ["optimizer.betas[1]"])
+    assert not (workdir / "outputs").exists()
