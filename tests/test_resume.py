@@ -22,10 +22,13 @@ COMPARED = ("train/loss", "val/loss", "val/acc", "test/loss", "test/acc", "epoch
 
 
 class CtrlC(pl.Callback):
-    """Ctrl-C in the middle of epoch 3."""
+    """Ctrl-C in the middle of an epoch (the third, by default)."""
+
+    def __init__(self, epoch: int = 2, batch: int = 3) -> None:
+        self.epoch, self.batch = epoch, batch
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.current_epoch == 2 and batch_idx == 3:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
             raise KeyboardInterrupt
 
 
@@ -140,3 +143,18 @@ def test_unwritable_output_dir_is_a_clear_error(nnlab, workdir):
     result = nnlab("train", f"output_dir={blocker}", "trainer.max_epochs=1")
     assert_clear_error(result, ["Cannot create a run directory", "output_dir="])
     assert blocker.read_text().startswith("a file")
+
+
+def test_resumed_detection_run_ends_like_an_uninterrupted_one(nnlab, workdir):
+    from tests.test_detection_cli import TINY_MODEL, TINY_SHAPES
+
+    run_args = [*TINY_MODEL, *TINY_SHAPES, "trainer.max_epochs=3"]
+    assert nnlab("train", *run_args).exit_code == 0
+    uninterrupted = metrics_of(all_runs(workdir)[0])
+    cfg, choices = compose_config(run_args)
+    with pytest.raises(RunInterrupted) as stopped:
+        train(cfg, choices, run_args, callbacks=[CtrlC(epoch=1, batch=1)])
+    assert nnlab("train", "--resume", str(stopped.value.run_dir)).exit_code == 0
+    resumed = metrics_of(stopped.value.run_dir)
+    for key in ("train/loss", "val/map", "test/map", "test/map_50"):
+        assert resumed[key] == uninterrupted[key], key

@@ -55,6 +55,13 @@ class TensorBatches:
         n = self._shard()[0]
         return (n + self.batch_size - 1) // self.batch_size - self._folds_last(n)
 
+    def following(self, trainer: pl.Trainer | None) -> TensorBatches:
+        """Shuffle by the trainer's epoch, not a count of passes: a resumed fit starts mid-run
+        and must shuffle as the uninterrupted run did in that epoch."""
+        if trainer is not None:
+            self.epoch_of = lambda: trainer.current_epoch
+        return self
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -160,12 +167,7 @@ class TensorDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> TensorBatches:
         batches = TensorBatches(self._on_device("train"), self.batch_size, True, self.seed)
-        if self.trainer is not None:
-            # the trainer's epoch, not a count of passes: a resumed fit starts mid-run and must
-            # shuffle as the uninterrupted run did in that epoch
-            trainer = self.trainer
-            batches.epoch_of = lambda: trainer.current_epoch
-        return batches
+        return batches.following(self.trainer)
 
     def val_dataloader(self) -> TensorBatches:
         return TensorBatches(self._on_device("val"), self.batch_size)

@@ -146,7 +146,10 @@ class ShapesDataModule(DetectionDataModule):
         return (3, self.image_size, self.image_size)
 
     def train_dataloader(self) -> DetectionBatches:
-        return DetectionBatches(self.splits["train"], self.batch_size, shuffle=True, seed=self.seed)
+        batches = DetectionBatches(
+            self.splits["train"], self.batch_size, shuffle=True, seed=self.seed
+        )
+        return batches.following(self.trainer)
 
     def val_dataloader(self) -> DetectionBatches:
         return DetectionBatches(self.splits["val"], self.batch_size)
