@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import pil_to_tensor
 
@@ -16,6 +16,7 @@ from nnlab import runs
 from nnlab.errors import UserError
 from nnlab.models.detection import BUILDER, detections
 from nnlab.tasks.detection import CHECKPOINT_KEY, draw
+from nnlab.train import saved_run
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PREDICTIONS = "predictions"  # <run>/predictions/: drawn images and detections.json
@@ -55,28 +56,10 @@ def image_files(paths: list[str]) -> list[Path]:
     return list({p.resolve(): p for p in found}.values())
 
 
-def _config(run_dir: Path | None, checkpoint: dict[str, Any], ckpt: Path) -> DictConfig:
-    from nnlab.callbacks.config_stamp import KEY
-
-    if run_dir is not None:
-        return OmegaConf.load(run_dir / runs.CONFIG)
-    if KEY in checkpoint:
-        return OmegaConf.create(checkpoint[KEY]["config"])
-    raise UserError(
-        f"{ckpt} is not inside an nnlab run directory and carries no nnlab config, so the "
-        f"model cannot be rebuilt. Give the run directory it came from instead."
-    )
-
-
 def load_detector(target: str, output_dir: str = "outputs") -> tuple[Any, list[str], Path, Path]:
     """The trained detector (eval mode), its class names, its run directory (or the
     checkpoint's folder) and the checkpoint; UserError for anything but a detection run."""
-    run_dir, ckpt = runs.resolve_target(target, output_dir)
-    try:
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise UserError(f"Cannot read checkpoint {ckpt}: {type(err).__name__}: {err}") from None
-    cfg = _config(run_dir, checkpoint, ckpt)
+    run_dir, ckpt, checkpoint, cfg = saved_run(target, [], output_dir)
     target_of = OmegaConf.select(cfg, "model._target_")
     if target_of != BUILDER or CHECKPOINT_KEY not in checkpoint:
         kind = str(target_of or "unknown").rsplit(".", 1)[-1].removeprefix("build_")

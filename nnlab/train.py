@@ -457,10 +457,37 @@ def load_checkpoint(ckpt: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def _written_by(checkpoint: dict[str, Any]) -> str | None:
+def _run_config(
+    run_dir: Path | None, ckpt: Path, checkpoint: dict[str, Any], overrides: list[str]
+) -> tuple[DictConfig, dict[str, str]]:
+    """The config a trained run was built from (its run directory's, else the one stamped into
+    the checkpoint), brought up to this nnlab with `overrides` applied, and its group choices."""
     from nnlab.callbacks.config_stamp import KEY
+    from nnlab.config import saved_run_config
 
-    return (checkpoint.get(KEY) or {}).get("version")
+    stamp = checkpoint.get(KEY) or {}
+    choices: dict[str, str] = {}
+    if run_dir is not None:
+        saved = OmegaConf.load(run_dir / runs.CONFIG)
+        choices = runs.read_json(run_dir / runs.METRICS).get("choices", {})
+    elif "config" in stamp:
+        saved = OmegaConf.create(stamp["config"])
+    else:
+        raise UserError(
+            f"{ckpt} is not inside an nnlab run directory and carries no nnlab config, so the "
+            f"model cannot be rebuilt. Give the run directory it came from instead."
+        )
+    return saved_run_config(saved, choices, overrides, stamp.get("version")), choices
+
+
+def saved_run(
+    target: str, overrides: list[str], output_dir: str = "outputs"
+) -> tuple[Path | None, Path, dict[str, Any], DictConfig]:
+    """What `nnlab eval` and `nnlab predict` start from: the run directory (None for a lone
+    checkpoint), the checkpoint's path and contents, and the run's config with `overrides`."""
+    run_dir, ckpt = runs.resolve_target(target, output_dir)
+    checkpoint = load_checkpoint(ckpt)
+    return run_dir, ckpt, checkpoint, _run_config(run_dir, ckpt, checkpoint, overrides)[0]
 
 
 def run_to_resume(
@@ -468,8 +495,6 @@ def run_to_resume(
 ) -> tuple[Path, DictConfig, dict[str, str]]:
     """The run directory `--resume` continues, its config with `overrides` applied (more epochs,
     ...) and its group choices; UserError when there is nothing to resume from."""
-    from nnlab.config import saved_run_config
-
     run_dir, _ = runs.resolve_target(target, output_dir)
     if run_dir is None:
         raise UserError(
@@ -482,33 +507,14 @@ def run_to_resume(
             f"{run_dir} has no {runs.CHECKPOINTS}/{runs.LAST} to resume from: it stopped before "
             f"its first epoch ended. Start it again with nnlab train and its overrides."
         )
-    checkpoint = load_checkpoint(last)
-    choices = runs.read_json(run_dir / runs.METRICS).get("choices", {})
-    saved = OmegaConf.load(run_dir / runs.CONFIG)
-    cfg = saved_run_config(saved, choices, overrides, _written_by(checkpoint))
+    cfg, choices = _run_config(run_dir, last, load_checkpoint(last), overrides)
     return run_dir, cfg, choices
 
 
 def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> Result:
     """Test a trained model: rebuild it from its run's saved config and load the checkpoint."""
-    from nnlab.callbacks.config_stamp import KEY
-    from nnlab.config import saved_run_config
-
     _quiet_lightning()
-    run_dir, ckpt = runs.resolve_target(target, output_dir)
-    checkpoint = load_checkpoint(ckpt)
-    choices: dict[str, str] = {}
-    if run_dir is not None:
-        saved = OmegaConf.load(run_dir / runs.CONFIG)
-        choices = runs.read_json(run_dir / runs.METRICS).get("choices", {})
-    elif KEY in checkpoint:
-        saved = OmegaConf.create(checkpoint[KEY]["config"])
-    else:
-        raise UserError(
-            f"{ckpt} is not inside an nnlab run directory and carries no nnlab config, so the "
-            f"model cannot be rebuilt. Give the run directory it came from instead."
-        )
-    cfg = saved_run_config(saved, choices, overrides, _written_by(checkpoint))
+    run_dir, ckpt, checkpoint, cfg = saved_run(target, overrides, output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, task = build(cfg)
     trainer = pl.Trainer(
