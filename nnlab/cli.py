@@ -191,10 +191,10 @@ def train(
 
 def _take_resume(option: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
     """--resume X, or resume=X among the overrides (Hydra-style), and the other overrides."""
-    given = [o for o in overrides if o.partition("=")[0] == "resume"]
-    rest = [o for o in overrides if o not in given]
-    targets = [option] if option else []
-    targets += [o.partition("=")[2] for o in given]
+    from nnlab.config import take_argument
+
+    given, rest = take_argument(overrides, "resume")
+    targets = [*([option] if option else []), *given]
     if len(targets) > 1:
         raise UserError(f"Give one run to resume; got {', '.join(targets)}.")
     return (targets[0] if targets else None), rest
@@ -304,21 +304,14 @@ def _print_gradient_summary(run_dir: Path) -> None:
 def _sweep_arguments(arguments: list[str]) -> tuple[dict[str, Any], list[str]]:
     """Split `sweep=<name>` / `sweep.<key>=<value>` settings from the search-space overrides;
     settings come from conf/sweep/<name>.yaml first, then from the command line."""
-    from omegaconf import OmegaConf
-
-    from nnlab.config import conf_dir, groups
+    from nnlab.config import load_preset
 
     settings: dict[str, Any] = {}
     rest: list[str] = []
     for argument in arguments:
         key, _, value = argument.partition("=")
         if key == "sweep":
-            known = groups().get("sweep", [])
-            if value not in known:
-                from nnlab.errors import choice_error
-
-                raise choice_error("sweep", value, known)
-            preset = OmegaConf.to_container(OmegaConf.load(conf_dir() / "sweep" / f"{value}.yaml"))
+            preset = load_preset("sweep", value)
             space = preset.pop("space", {}) or {}
             rest = [
                 *(preset.pop("fixed", []) or []),

@@ -207,6 +207,21 @@ def _check_bounds(key: str, value: Any, bounds: Any) -> None:
             raise UserError(f"Bad value for {key}: {value}. It must be {words} {bounds[name]}.")
 
 
+def load_preset(group: str, name: str) -> dict[str, Any]:
+    """conf/<group>/<name>.yaml as plain data: the presets nnlab reads itself rather than
+    composing into the train config (sweep, experiment)."""
+    known = groups().get(group, [])
+    if name not in known:
+        raise choice_error(group, name, known)
+    return OmegaConf.to_container(OmegaConf.load(conf_dir() / group / f"{name}.yaml")) or {}
+
+
+def take_argument(arguments: list[str], key: str) -> tuple[list[str], list[str]]:
+    """The values given as `key=value` for one key, and the other arguments in order."""
+    taken = [a.partition("=")[2] for a in arguments if a.partition("=")[0] == key]
+    return taken, [a for a in arguments if a.partition("=")[0] != key]
+
+
 def saved_run_config(
     saved: DictConfig, choices: dict[str, str], overrides: list[str], written_by: str | None
 ) -> DictConfig:

@@ -15,10 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from nnlab.config import conf_dir, groups
-from nnlab.errors import UserError, choice_error
+from nnlab.config import load_preset, take_argument
+from nnlab.errors import UserError
 
 GROUP = "experiment"
 
@@ -32,10 +30,7 @@ class Experiment:
 
 
 def load(name: str) -> Experiment:
-    choices = groups().get(GROUP, [])
-    if name not in choices:
-        raise choice_error("experiment", name, choices)
-    node = OmegaConf.to_container(OmegaConf.load(conf_dir() / GROUP / f"{name}.yaml"))
+    node = load_preset(GROUP, name)
     unknown = set(node) - {"overrides", "runs", "report"}
     if unknown or not node.get("runs"):
         raise UserError(
@@ -50,11 +45,10 @@ def load(name: str) -> Experiment:
 
 def take_experiment(arguments: list[str]) -> tuple[Experiment | None, list[str]]:
     """The `experiment=<name>` argument's preset, and the other arguments."""
-    chosen = [a for a in arguments if a.partition("=")[0] == GROUP]
+    chosen, rest = take_argument(arguments, GROUP)
     if len(chosen) > 1:
         raise UserError(f"Give one experiment at a time; got {', '.join(chosen)}.")
-    rest = [a for a in arguments if a not in chosen]
-    return (load(chosen[0].partition("=")[2]) if chosen else None), rest
+    return (load(chosen[0]) if chosen else None), rest
 
 
 def run_overrides(experiment: Experiment, label: str, extra: list[str]) -> list[str]:
