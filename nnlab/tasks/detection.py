@@ -76,14 +76,13 @@ class DetectionTask(LeanModule):
         self.test_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True)
         self._sums = torch.zeros(len(LOSSES) + 1)  # each loss × images, then images
         self._shown: tuple[Tensor | list[Tensor], list[Target], list[Target]] | None = None
-        self.diverged_at: int | None = None
 
     def forward(self, images: Tensor | list[Tensor]) -> list[Target]:
         return self.model(images)
 
     def on_train_epoch_start(self) -> None:
         self._sums = torch.zeros(len(LOSSES) + 1, device=self.device)
-        self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+        self._note_epoch_lr()
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         images, targets = batch
@@ -96,14 +95,11 @@ class DetectionTask(LeanModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        *parts, n = self._sums
+        *parts, n = self._over_all_processes(self._sums)
         means = {f"train/{name}": part / n for name, part in zip(LOSSES, parts, strict=True)}
         total = sum(means.values())
-        self.log_dict({**means, "train/loss": total, "train/lr": self._epoch_lr}, sync_dist=True)
-        # One host sync per epoch: a NaN/inf loss ends the run (last.ckpt keeps the state).
-        if not torch.isfinite(total):
-            self.diverged_at = self.current_epoch + 1
-            self.trainer.should_stop = True
+        self.log_dict({**means, "train/loss": total, "train/lr": self._epoch_lr})
+        self._stop_if_diverged(total)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images, targets = batch

@@ -17,13 +17,32 @@ _PLAIN_ATTRS = frozenset({"_current_fx_name", "_epoch_lr", "diverged_at"})
 
 
 class LeanModule(pl.LightningModule):
-    """A LightningModule whose per-hook bookkeeping skips nn.Module's attribute machinery."""
+    """A LightningModule whose per-hook bookkeeping skips nn.Module's attribute machinery, with
+    the epoch bookkeeping every task that keeps per-epoch tensor sums shares."""
+
+    diverged_at: int | None = None  # the epoch whose training loss was NaN/inf
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _PLAIN_ATTRS:
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
+
+    def _note_epoch_lr(self) -> None:
+        # Epoch-interval schedules step before on_train_epoch_end: note the lr this epoch used.
+        self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    def _over_all_processes(self, sums: Tensor) -> Tensor:
+        """Every process's sums added up, so epoch means are exact over all samples."""
+        if self.trainer.world_size > 1:
+            return self.trainer.strategy.reduce(sums.clone(), reduce_op="sum")
+        return sums
+
+    def _stop_if_diverged(self, loss: Tensor) -> None:
+        # One host sync per epoch: a NaN/inf loss ends the run (last.ckpt keeps the state).
+        if not torch.isfinite(loss):
+            self.diverged_at = self.current_epoch + 1
+            self.trainer.should_stop = True
 
 
 class SupervisedTask(LeanModule):
@@ -51,7 +70,6 @@ class SupervisedTask(LeanModule):
         # Lightning validates before on_train_epoch_end, so training and evaluation each keep
         # their own sums.
         self._sums = {"train": torch.zeros(3), "eval": torch.zeros(3)}
-        self.diverged_at: int | None = None  # the epoch whose training loss was NaN/inf
 
     def _loss_and_score(self, outputs: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """The mean loss over the batch and the score summed over its samples."""
@@ -73,26 +91,22 @@ class SupervisedTask(LeanModule):
         self._sums[kind] = torch.zeros(3, device=self.device)
 
     def _epoch_metrics(self, stage: str) -> dict[str, Tensor]:
-        sums = self._sums["train" if stage == "train" else "eval"]
-        if self.trainer.world_size > 1:  # every process's sums: exact means over all samples
-            sums = self.trainer.strategy.reduce(sums.clone(), reduce_op="sum")
-        loss_sum, score_sum, n = sums
+        loss_sum, score_sum, n = self._over_all_processes(
+            self._sums["train" if stage == "train" else "eval"]
+        )
         return {f"{stage}/loss": loss_sum / n, f"{stage}/{self.score_name}": score_sum / n}
 
     def on_train_epoch_start(self) -> None:
         self._reset("train")
-        # Epoch-interval schedules step before on_train_epoch_end: note the lr this epoch used.
-        self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+        self._note_epoch_lr()
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
         return self._step("train", batch)[0]
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict({**self._epoch_metrics("train"), "train/lr": self._epoch_lr})
-        # One host sync per epoch: a NaN/inf loss ends the run (last.ckpt keeps the state).
-        if not torch.isfinite(self._sums["train"][0]):
-            self.diverged_at = self.current_epoch + 1
-            self.trainer.should_stop = True
+        metrics = self._epoch_metrics("train")
+        self.log_dict({**metrics, "train/lr": self._epoch_lr})
+        self._stop_if_diverged(metrics["train/loss"])
 
     def on_validation_epoch_start(self) -> None:
         self._reset("eval")
