@@ -61,26 +61,30 @@ def _split(override: str) -> tuple[str, str]:
     return key, value
 
 
-def _check_override_keys(overrides: list[str]) -> None:
-    """Unknown groups, choices and keys, reported before Hydra's own (less helpful) errors."""
+def _check_groups(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Unknown groups, choices and top-level keys, reported before Hydra's own (less helpful)
+    errors. Returns the group overrides and the dotted keys still to check."""
     known_groups = groups()
-    group_overrides = []
+    group_overrides, dotted = [], []
     for override in overrides:
         key, value = _split(override)
-        if key.startswith(("+", "~")) or "." in key:
+        if key.startswith(("+", "~")):
             continue
-        if key in known_groups:
+        if "." in key:
+            dotted.append(key)
+        elif key in known_groups:
             if value not in known_groups[key]:
                 raise choice_error(f"{key} choice", value, known_groups[key])
             group_overrides.append(override)
         elif key not in _top_level_keys():
             raise choice_error("config key", key, [*known_groups, *_top_level_keys()])
-    base = _compose(group_overrides)
-    for override in overrides:
-        key, _ = _split(override)
-        if key.startswith(("+", "~")) or "." not in key:
-            continue
-        node: Any = base
+    return group_overrides, dotted
+
+
+def _check_keys(cfg: DictConfig, dotted: list[str]) -> None:
+    """Every dotted override key names a key that exists in `cfg`."""
+    for key in dotted:
+        node: Any = cfg
         parts = key.split(".")
         for depth, part in enumerate(parts):
             # keys() also holds mandatory (???) keys, which `in` alone reports as absent.
@@ -108,20 +112,26 @@ def _compose(overrides: list[str], hydra_node: bool = False) -> DictConfig:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             return compose(PRIMARY, overrides=overrides, return_hydra_config=hydra_node)
     except (HydraException, OmegaConfBaseException) as err:
-        # Anything _check_override_keys did not foresee (bad override syntax, mostly).
+        # Anything _check_groups and _check_keys do not foresee (bad override syntax, mostly).
         raise UserError(f"Cannot apply overrides {' '.join(overrides)}: {err}") from None
 
 
 def compose_config(overrides: list[str] | None = None) -> tuple[DictConfig, dict[str, str]]:
     """The validated train config for `overrides`, and the chosen option of every group."""
     overrides = list(overrides or [])
-    _check_override_keys(overrides)
-    cfg = _compose(overrides, hydra_node=True)
+    group_overrides, dotted = _check_groups(overrides)
+    try:
+        cfg = _compose(overrides, hydra_node=True)
+    except UserError:
+        # Composed once when all is well; only a failure pays for the clearer diagnosis.
+        _check_keys(_compose(group_overrides), dotted)
+        raise
     choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
     with_struct = OmegaConf.is_struct(cfg)
     OmegaConf.set_struct(cfg, False)
     del cfg["hydra"]
     OmegaConf.set_struct(cfg, with_struct)
+    _check_keys(cfg, dotted)
     validate(cfg, choices)
     return cfg, choices
 
