@@ -281,6 +281,7 @@ class TrainerSchema:
     limit_train_batches: Any = spec(gt=0)
     limit_val_batches: Any = spec(ge=0)
     limit_test_batches: Any = spec(gt=0)
+    steps_per_execution: int = spec(ge=1)
     enable_progress_bar: bool = spec()
 
 

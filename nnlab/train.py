@@ -193,15 +193,20 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
             model, optimizer, scheduler, data_range, judge, **options
         )
     if datamodule.kind == "regression":
-        return datamodule, RegressionTask(model, optimizer, scheduler)
-    task = ClassificationTask(
-        model,
-        optimizer,
-        scheduler,
-        num_classes=datamodule.num_classes,
-        loss=cfg.loss,
-        class_names=datamodule.class_names,
-    )
+        task: SupervisedTask = RegressionTask(model, optimizer, scheduler)
+    else:
+        task = ClassificationTask(
+            model,
+            optimizer,
+            scheduler,
+            num_classes=datamodule.num_classes,
+            loss=cfg.loss,
+            class_names=datamodule.class_names,
+        )
+    # The task steps the optimizer itself, several batches per Lightning step (see _trainer).
+    datamodule.steps_per_execution = cfg.trainer.steps_per_execution
+    datamodule.limit_train_batches = cfg.trainer.limit_train_batches
+    task.gradient_clip = (cfg.trainer.gradient_clip_val, cfg.trainer.gradient_clip_algorithm)
     return datamodule, task
 
 
@@ -220,8 +225,15 @@ def _trainer(
 ) -> pl.Trainer:
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
+    from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
     args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    del args["steps_per_execution"]  # nnlab's, not Lightning's: build() hands it to the data
+    if isinstance(task, SupervisedTask):
+        # Applied by the task and its data (build()): Lightning refuses to clip for a task that
+        # steps its own optimizer, and would count lists of batches against the limit.
+        for key in ("gradient_clip_val", "gradient_clip_algorithm", "limit_train_batches"):
+            del args[key]
     args = {k: v for k, v in args.items() if not (k.startswith("limit_") and v is None)}
     # Validate at least once (at the end), or no metric would ever pick best.ckpt.
     args["check_val_every_n_epoch"] = min(args["check_val_every_n_epoch"], args["max_epochs"])
@@ -229,17 +241,12 @@ def _trainer(
     lower = runs.lower_is_better(monitor)
     guessed = task.monitor[1] if monitor == task.monitor[0] else ("max", "min")[lower]
     mode = cfg.callbacks.mode or guessed
+    kept = {"dirpath": run_dir / runs.CHECKPOINTS, "save_top_k": 1, "enable_version_counter": False}
     callbacks: list[pl.Callback] = [
-        ModelCheckpoint(
-            dirpath=run_dir / runs.CHECKPOINTS,
-            filename="best",
-            monitor=monitor,
-            mode=mode,
-            save_top_k=1,
-            save_last=True,
-            auto_insert_metric_name=False,
-            enable_version_counter=False,
-        ),
+        ModelCheckpoint(filename="best", monitor=monitor, mode=mode, **kept),
+        # Every epoch's end, for resuming. Not save_last=True: Lightning then writes last.ckpt
+        # only in epochs that improve best.ckpt.
+        ModelCheckpoint(filename="last", **kept),
         *extra_callbacks,
     ]
     callbacks += _progress_bar(cfg)
@@ -260,6 +267,9 @@ def _trainer(
         **args,
         logger=logger,
         callbacks=callbacks,
+        # Checkpoints are written by a thread from a copy taken at save time: on small models
+        # the write took as long as a third of the epoch. fit() waits for it before returning.
+        plugins=[AsyncCheckpointIO()],
         default_root_dir=str(run_dir),
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -371,8 +381,9 @@ def train(
                 f"the last state). Lower optimizer.lr, clip gradients "
                 f"(trainer.gradient_clip_val=1.0), or add norm=batch."
             )
-        best = "best" if (run_dir / runs.CHECKPOINTS / runs.BEST).exists() else "last"
-        summary["checkpoint"] = f"{runs.CHECKPOINTS}/{best}.ckpt"
+        chosen = runs.BEST if (run_dir / runs.CHECKPOINTS / runs.BEST).exists() else runs.LAST
+        summary["checkpoint"] = f"{runs.CHECKPOINTS}/{chosen}"
+        best = str(run_dir / runs.CHECKPOINTS / chosen)
         # Re-validating the best checkpoint must not add a stray point to the val curves.
         loggers, trainer.loggers = trainer.loggers, []
         val = trainer.validate(task, datamodule=datamodule, ckpt_path=best, verbose=False)

@@ -52,3 +52,19 @@ def test_batches_cover_every_sample_once_and_reshuffle_per_epoch():
     replay = TensorBatches((x, x.long()), batch_size=4, shuffle=True, seed=3)
     assert torch.equal(torch.cat([b[0] for b in replay]), first), "order depends on seed only"
     assert np.array_equal([len(b[0]) for b in batches], [4, 4, 2])
+
+
+def test_batches_grouped_per_step_and_limited_by_count_or_fraction():
+    x = torch.arange(50).float()
+    plain = [b[0] for b in TensorBatches((x, x.long()), batch_size=4)]  # 13 batches, 2 at the end
+    grouped = TensorBatches((x, x.long()), batch_size=4, per_step=5)
+    assert len(grouped) == 3 and grouped.steps == 13
+    groups = list(grouped)
+    assert [len(g) for g in groups] == [5, 5, 3]
+    flat = [b[0] for g in groups for b in g]
+    assert all(torch.equal(a, b) for a, b in zip(flat, plain, strict=True)), "same batches"
+    limited = TensorBatches((x, x.long()), batch_size=4, per_step=5, limit=7)
+    assert limited.steps == 7 and [len(g) for g in limited] == [5, 2]
+    assert all(len(b[0]) == 4 for g in limited for b in g), "a limit cuts whole batches"
+    assert TensorBatches((x, x.long()), batch_size=4, limit=0.5).steps == 6
+    assert TensorBatches((x, x.long()), batch_size=4, limit=0.01).steps == 1, "at least one"

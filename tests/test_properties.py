@@ -100,12 +100,15 @@ def test_valid_configs_build_and_take_a_training_step(overrides: list[str]) -> N
         params, task.optimizer_factory, task.scheduler_config, total_steps=2
     )
     task.train()
-    batches = list(datamodule.train_dataloader())
-    assert len(batches) == len(datamodule.train_dataloader())
+    loader = datamodule.train_dataloader()
+    groups = list(loader)  # one list of batches per Lightning step
+    assert len(groups) == len(loader)
+    batches = [batch for group in groups for batch in group]
+    assert len(batches) == loader.steps
     # The first batch, and the last: the one a batch size that does not divide the data cuts short.
     for batch in (batches[0], batches[-1]):
         before = [p.detach().clone() for p in params]
-        loss = task.training_step(batch, 0)
+        loss, _ = task._step("train", batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

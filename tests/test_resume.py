@@ -17,8 +17,9 @@ from nnlab.config import compose_config
 from nnlab.train import RunInterrupted, train
 from tests.helpers import all_runs, assert_clear_error, metrics_of
 
-RUN = ["trainer.max_epochs=4", "trainer.enable_progress_bar=false"]
-COMPARED = ("train/loss", "val/loss", "val/acc", "test/loss", "test/acc", "epochs")
+# Four batches per Lightning step, so an epoch has five steps to be interrupted between.
+RUN = ["trainer.max_epochs=4", "trainer.enable_progress_bar=false", "trainer.steps_per_execution=4"]
+COMPARED = ("train/loss", "train/lr", "val/loss", "val/acc", "test/loss", "test/acc", "epochs")
 
 
 class CtrlC(pl.Callback):
@@ -32,13 +33,14 @@ class CtrlC(pl.Callback):
             raise KeyboardInterrupt
 
 
-def test_resumed_run_ends_exactly_like_an_uninterrupted_one(nnlab, workdir):
-    assert nnlab("train", *RUN).exit_code == 0
+@pytest.mark.parametrize("schedule", [[], ["scheduler=step", "scheduler.step_size=1"]])
+def test_resumed_run_ends_exactly_like_an_uninterrupted_one(nnlab, workdir, schedule):
+    assert nnlab("train", *RUN, *schedule).exit_code == 0
     uninterrupted = metrics_of(all_runs(workdir)[0])
 
-    cfg, choices = compose_config(RUN)
+    cfg, choices = compose_config([*RUN, *schedule])
     with pytest.raises(RunInterrupted) as stopped:
-        train(cfg, choices, RUN, callbacks=[CtrlC()])
+        train(cfg, choices, [*RUN, *schedule], callbacks=[CtrlC()])
     run = stopped.value.run_dir
     assert stopped.value.epochs_done == 2
     assert metrics_of(run)["status"] == "interrupted"
@@ -158,3 +160,15 @@ def test_resumed_detection_run_ends_like_an_uninterrupted_one(nnlab, workdir):
     resumed = metrics_of(stopped.value.run_dir)
     for key in ("train/loss", "val/map", "test/map", "test/map_50"):
         assert resumed[key] == uninterrupted[key], key
+
+
+def test_last_ckpt_is_the_last_epoch_even_when_best_stopped_improving(nnlab, workdir):
+    # An lr this small leaves val/acc where it was: only the first epoch is ever "best".
+    args = ["optimizer.lr=1e-12", "trainer.max_epochs=3", "trainer.enable_progress_bar=false"]
+    assert nnlab("train", *args).exit_code == 0
+    (run,) = all_runs(workdir)
+    saved = {
+        name: torch.load(run / "checkpoints" / name, weights_only=False)["epoch"]
+        for name in ("best.ckpt", "last.ckpt")
+    }
+    assert saved == {"best.ckpt": 0, "last.ckpt": 2}

@@ -26,11 +26,15 @@ class TensorBatches:
         batch_size: int,
         shuffle: bool = False,
         seed: int = 0,
+        per_step: int | None = None,
+        limit: int | float | None = None,
     ) -> None:
         self.tensors = tensors
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        self.per_step = per_step  # yield lists of up to this many batches: one Lightning step's
+        self.limit = limit  # batches per epoch: a count (int) or a fraction (float) of them
         self.epoch = 0
         self.epoch_of: Callable[[], int] | None = None  # where the epoch comes from, if not a count
 
@@ -51,9 +55,28 @@ class TensorBatches:
             return n // world, rank, world
         return len(range(rank, n, world)), rank, world
 
-    def __len__(self) -> int:
+    def _full_count(self) -> int:
         n = self._shard()[0]
         return (n + self.batch_size - 1) // self.batch_size - self._folds_last(n)
+
+    @property
+    def steps(self) -> int:
+        """Batches per epoch (optimizer steps, when training), after `limit`."""
+        count = self._full_count()
+        if self.limit is None:
+            return count
+        if isinstance(self.limit, float):  # a fraction keeps at least one batch
+            return min(count, max(1, int(count * self.limit)))
+        return min(count, self.limit)
+
+    def _group(self) -> int | None:
+        # DDP reduces gradients inside its wrapped forward, once per Lightning step: in a
+        # distributed run every step must hold exactly one batch.
+        return 1 if self.per_step and self._shard()[2] > 1 else self.per_step
+
+    def __len__(self) -> int:
+        group = self._group()
+        return self.steps if group is None else -(-self.steps // group)
 
     def following(self, trainer: pl.Trainer | None) -> TensorBatches:
         """Shuffle by the trainer's epoch, not a count of passes: a resumed fit starts mid-run
@@ -77,11 +100,21 @@ class TensorBatches:
         n, rank, world = self._shard()
         if world > 1:  # the same order on every process (same seed), so the shards are disjoint
             tensors = tuple(t[rank::world][:n] for t in tensors)
-        count = len(self)
-        for i in range(count):
-            start = i * self.batch_size
-            stop = n if i == count - 1 else start + self.batch_size
-            yield tuple(t[start:stop] for t in tensors)
+        full = self._full_count()
+        batches = (
+            tuple(
+                t[i * self.batch_size : n if i == full - 1 else (i + 1) * self.batch_size]
+                for t in tensors
+            )
+            for i in range(self.steps)
+        )
+        group = self._group()
+        if group is None:
+            yield from batches
+            return
+        batches = list(batches)
+        for i in range(0, len(batches), group):
+            yield batches[i : i + group]
 
 
 def stratified_split(
@@ -128,6 +161,10 @@ class TensorDataModule(pl.LightningDataModule):
         self.seed = seed
         self.splits: dict[str, tuple[torch.Tensor, ...]] = {}
         self.class_names: list[str] = []
+        # Set by a task that takes several batches per Lightning step (SupervisedTask), which
+        # then also applies the trainer's batch limit itself: Lightning would count the lists.
+        self.steps_per_execution: int | None = None
+        self.limit_train_batches: int | float | None = None
 
     def load(self) -> None:
         """Fill self.splits['train'|'val'|'test'] = (x, y) and self.class_names."""
@@ -166,7 +203,14 @@ class TensorDataModule(pl.LightningDataModule):
         return tuple(t.to(device) for t in tensors)
 
     def train_dataloader(self) -> TensorBatches:
-        batches = TensorBatches(self._on_device("train"), self.batch_size, True, self.seed)
+        batches = TensorBatches(
+            self._on_device("train"),
+            self.batch_size,
+            True,
+            self.seed,
+            per_step=self.steps_per_execution,
+            limit=self.limit_train_batches,
+        )
         return batches.following(self.trainer)
 
     def val_dataloader(self) -> TensorBatches:

@@ -62,8 +62,10 @@ def configure(
     params: Iterable[torch.nn.Parameter],
     optimizer: Callable[..., torch.optim.Optimizer],
     scheduler: dict[str, Any],
+    total_steps: int | None = None,
 ) -> Any:
-    """What LightningModule.configure_optimizers returns for one optimizer and its schedule."""
-    total = module.trainer.estimated_stepping_batches
+    """What LightningModule.configure_optimizers returns for one optimizer and its schedule;
+    `total_steps` (optimizer steps in the run) defaults to Lightning's estimate."""
+    total = module.trainer.estimated_stepping_batches if total_steps is None else total_steps
     opt, schedule = optimizer_with_schedule(params, optimizer, scheduler, total)
     return opt if schedule is None else {"optimizer": opt, "lr_scheduler": schedule}

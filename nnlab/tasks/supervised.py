@@ -52,6 +52,11 @@ class SupervisedTask(LeanModule):
     accumulates loss·n, the score's sum and n as tensors and logs them once: per-step `self.log`
     and `.item()` host syncs cost more than the model itself on small data. Subclasses give
     `_loss_and_score` and name the score (`acc`, `mae`).
+
+    Training takes a list of batches per Lightning step (trainer.steps_per_execution of them)
+    and steps the optimizer once per batch itself: Lightning's own loop costs about as much per
+    step as a small model's arithmetic. Clipping and the learning-rate schedule are applied
+    here as Lightning would apply them.
     """
 
     score_name = "score"
@@ -64,9 +69,11 @@ class SupervisedTask(LeanModule):
         scheduler: dict[str, Any],
     ) -> None:
         super().__init__()
+        self.automatic_optimization = False
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler_config = scheduler
+        self.gradient_clip: tuple[float | None, str] = (None, "norm")  # value, algorithm
         # Lightning validates before on_train_epoch_end, so training and evaluation each keep
         # their own sums.
         self._sums = {"train": torch.zeros(3), "eval": torch.zeros(3)}
@@ -96,16 +103,46 @@ class SupervisedTask(LeanModule):
         )
         return {f"{stage}/loss": loss_sum / n, f"{stage}/{self.score_name}": score_sum / n}
 
+    def _schedules(self, interval: str) -> list[Any]:
+        return [c.scheduler for c in self.trainer.lr_scheduler_configs if c.interval == interval]
+
     def on_train_epoch_start(self) -> None:
         self._reset("train")
+        # Epoch schedules step as each later epoch starts, which Lightning does as the previous
+        # one ends: the same rates, and a checkpoint from any point of an epoch's end resumes
+        # with the right count.
+        if self.current_epoch > 0:
+            for schedule in self._schedules("epoch"):
+                schedule.step()
         self._note_epoch_lr()
 
-    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        return self._step("train", batch)[0]
+    def training_step(
+        self, batches: list[tuple[Tensor, ...]] | tuple[Tensor, ...], batch_idx: int
+    ) -> None:
+        optimizer = self.optimizers()
+        per_step = self._schedules("step")
+        # TensorBatches yields a list of batches per step when asked to, else one (a tuple).
+        for batch in batches if isinstance(batches, list) else [batches]:
+            loss = self._step("train", batch)[0]
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()  # calls on_before_optimizer_step, which clips
+            for schedule in per_step:
+                schedule.step()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # After the callbacks' hook, as in Lightning's automatic loop: gradient-flow records
+        # see the gradients before clipping.
+        value, algorithm = self.gradient_clip
+        if value:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=value, gradient_clip_algorithm=algorithm
+            )
 
     def on_train_epoch_end(self) -> None:
         metrics = self._epoch_metrics("train")
-        self.log_dict({**metrics, "train/lr": self._epoch_lr})
+        # "step" sets the x-axis: optimizer steps, however many a Lightning step holds.
+        self.log_dict({**metrics, "train/lr": self._epoch_lr, "step": float(self.global_step)})
         self._stop_if_diverged(metrics["train/loss"])
 
     def on_validation_epoch_start(self) -> None:
@@ -115,7 +152,7 @@ class SupervisedTask(LeanModule):
         self._step("eval", batch)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self._epoch_metrics("val"))
+        self.log_dict({**self._epoch_metrics("val"), "step": float(self.global_step)})
 
     def on_test_epoch_start(self) -> None:
         self._reset("eval")
@@ -127,6 +164,13 @@ class SupervisedTask(LeanModule):
         self.log_dict(self._epoch_metrics("test"))
 
     def configure_optimizers(self) -> Any:
+        trainer = self.trainer
+        trainer.estimated_stepping_batches  # noqa: B018 (loads the training data)
+        steps = getattr(trainer.train_dataloader, "steps", None) or len(trainer.train_dataloader)
         return configure(
-            self, self.model.parameters(), self.optimizer_factory, self.scheduler_config
+            self,
+            self.model.parameters(),
+            self.optimizer_factory,
+            self.scheduler_config,
+            total_steps=steps * trainer.max_epochs,
         )

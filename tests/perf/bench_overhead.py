@@ -2,7 +2,10 @@
 
 All variants train the same nnlab-built model (same init seed) on the same train split with
 Adam(lr=1e-3) and validate every epoch; each repeat runs them all, in a rotating order, so
-machine noise hits them alike. A script, not a test: pytest never collects bench_*.py.
+machine noise hits them alike. Per-epoch time is steady-state: (time of a run of
+WARMUP_EPOCHS + epochs) − (time of a run of WARMUP_EPOCHS), over epochs, so a fit's start-up
+(bench_startup.py measures it) is not spread over the epochs. A script, not a test: pytest never
+collects bench_*.py.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def run_hand(model_name: str, epochs: int, bs: int) -> float:
                 loss_sum += F.cross_entropy(logits, target, reduction="sum")
                 correct += (logits.argmax(dim=1) == target).sum()
             _ = (loss_sum.item() / len(xv), correct.item() / len(xv))
-    return (time.perf_counter() - start) / epochs
+    return time.perf_counter() - start
 
 
 class NullTTY(io.TextIOBase):
@@ -95,7 +98,7 @@ def run_nnlab(model_name: str, epochs: int, bs: int, bar_tb: bool) -> float:
         # The bar (Rich when installed, else tqdm) still renders; it just skips the screen.
         with contextlib.redirect_stdout(NullTTY()), contextlib.redirect_stderr(NullTTY()):
             result = train(cfg, choices, [])
-    return result.metrics["fit_time_s"] / epochs
+    return result.metrics["fit_time_s"]
 
 
 class StockModule(pl.LightningModule):
@@ -139,11 +142,11 @@ def run_stock(model_name: str, epochs: int, bs: int) -> float:
         )
         start = time.perf_counter()
         trainer.fit(StockModule(model), train_dl, val_dl)
-        return (time.perf_counter() - start) / epochs
+        return time.perf_counter() - start
 
 
 def measure(m: str, bs: int, epochs: int, repeats: int) -> dict[str, float]:
-    """Median ms/epoch of every variant for one model and batch size."""
+    """Median steady-state ms/epoch of every variant for one model and batch size."""
     runners: dict[str, Callable[[int], float]] = {
         "hand": lambda e: run_hand(m, e, bs),
         "nnlab": lambda e: run_nnlab(m, e, bs, bar_tb=False),
@@ -157,7 +160,9 @@ def measure(m: str, bs: int, epochs: int, repeats: int) -> dict[str, float]:
     for r in range(repeats):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            times[name].append(runners[name](epochs) * 1000)
+            run = runners[name]
+            steady = run(WARMUP_EPOCHS + epochs) - run(WARMUP_EPOCHS)
+            times[name].append(steady / epochs * 1000)
     print(f"{'variant':<16}{'ms/epoch':>10}   all repeats (ms/epoch)   [model={m} batch={bs}]")
     for name in names:
         line = " ".join(f"{t:.2f}" for t in times[name])

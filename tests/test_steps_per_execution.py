@@ -1,0 +1,65 @@
+"""Several batches per Lightning step (trainer.steps_per_execution): the same training, with
+clipping, schedules, limits and the TensorBoard x-axis as Lightning's own loop has them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.helpers import QUICK, all_runs, metrics_of, only_run
+
+COMPARED = ("train/loss", "train/lr", "val/loss", "val/acc", "test/loss", "test/acc")
+
+
+def last_checkpoint(run):
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["scheduler=onecycle", "optimizer=momentum", "trainer.gradient_clip_val=0.5"],
+        ["scheduler=step", "scheduler.step_size=1", "data.batch_size=100"],
+    ],
+)
+def test_batches_per_step_do_not_change_the_training(nnlab, workdir, overrides):
+    for per_step in (1, 32, 7):
+        args = ["train", *overrides, *QUICK, f"trainer.steps_per_execution={per_step}"]
+        assert nnlab(*args).exit_code == 0
+    runs = all_runs(workdir)
+    first, *others = (metrics_of(r) for r in runs)
+    for other in others:
+        assert {k: other[k] for k in COMPARED} == {k: first[k] for k in COMPARED}
+    steps = {last_checkpoint(r)["global_step"] for r in runs}
+    batch = 100 if "data.batch_size=100" in overrides else 64
+    assert steps == {2 * math.ceil(1257 / batch)}, "one optimizer step per batch"
+
+
+def test_limit_train_batches_counts_batches_not_steps(nnlab, workdir):
+    assert nnlab("train", *QUICK, "trainer.limit_train_batches=3").exit_code == 0
+    assert nnlab("train", *QUICK, "trainer.limit_train_batches=0.25").exit_code == 0
+    limited, fraction = all_runs(workdir)
+    assert last_checkpoint(limited)["global_step"] == 2 * 3
+    assert last_checkpoint(fraction)["global_step"] == 2 * 5  # a quarter of 20 batches
+
+
+def test_gradient_clipping_is_applied(nnlab, workdir):
+    # Gradients clipped to a norm of 1e-9 leave SGD's weights where they started.
+    plain = ["optimizer=sgd", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    assert nnlab("train", *plain).exit_code == 0
+    assert nnlab("train", *plain, "trainer.gradient_clip_val=1e-9").exit_code == 0
+    free, clipped = (metrics_of(r) for r in all_runs(workdir))
+    assert clipped["val/loss"] == pytest.approx(math.log(10), abs=0.1), "no learning at all"
+    assert free["val/loss"] < clipped["val/loss"] - 0.2
+
+
+def test_tensorboard_x_axis_counts_optimizer_steps(nnlab, workdir):
+    assert nnlab("train", *QUICK).exit_code == 0  # 20 batches per epoch, one Lightning step
+    events = EventAccumulator(str(only_run(workdir) / "tb"))
+    events.Reload()
+    for tag in ("train/loss", "val/acc"):
+        assert [e.step for e in events.Scalars(tag)] == [20, 40], tag
