@@ -193,9 +193,18 @@ def _check_bounds(key: str, value: Any, bounds: Any) -> None:
             raise UserError(
                 f"Bad value for {key}: {list(value)}. It must hold {bounds['length']} numbers."
             )
+        if len(value) < bounds.get("min_length", 0):
+            raise UserError(
+                f"Bad value for {key}: {list(value)}. It must hold at least "
+                f"{bounds['min_length']} value(s), for example {key}=[32,64]."
+            )
         # Bounds of a list field (model.channels) hold for each of its items.
-        items = {k: v for k, v in bounds.items() if k != "length"}
+        items = {k: v for k, v in bounds.items() if k not in ("length", "min_length")}
         for i, item in enumerate(value):
+            if isinstance(item, (list, dict, ListConfig, DictConfig)):
+                raise UserError(
+                    f"Bad value for {key}[{i}]: {item}. {key} holds single values, not lists."
+                )
             _check_bounds(f"{key}[{i}]", item, items)
         return
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):

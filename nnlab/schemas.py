@@ -16,8 +16,8 @@ MAX_SEED = 2**32 - 1  # numpy and scikit-learn take 32-bit seeds
 
 
 def spec(**bounds: Any) -> Any:
-    """A required schema field with optional bounds: gt, ge, lt, le, choices, and length
-    for lists (whose items the other bounds then apply to)."""
+    """A required schema field with optional bounds: gt, ge, lt, le, choices, and length or
+    min_length for lists (whose items the other bounds then apply to)."""
     return field(default=MISSING, metadata=bounds)
 
 
@@ -53,7 +53,7 @@ class MLPSchema(LayersSchema):
 
 @dataclass
 class CNNSchema(LayersSchema):
-    channels: List[int] = spec(ge=1)  # noqa: UP006
+    channels: List[int] = spec(ge=1, min_length=1)  # noqa: UP006
     kernel_size: int = spec(ge=1)
     residual: bool = spec()
     fc_hidden: int = spec(ge=0)
@@ -92,7 +92,7 @@ class GANSchema:
 class FasterRCNNSchema:
     _target_: str = spec()
     backbone: str = spec(choices=("cnn", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large"))
-    channels: List[int] = spec()  # noqa: UP006
+    channels: List[int] = spec(ge=1, min_length=1)  # noqa: UP006
     weights: Optional[str] = spec()  # noqa: UP045
     anchor_sizes: List[int] = spec()  # noqa: UP006
     aspect_ratios: List[float] = spec()  # noqa: UP006

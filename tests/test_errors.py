@@ -29,6 +29,9 @@ BAD = [
     (["trainer.accelerator=tpu"], ["Bad trainer setting", "torch_xla"]),
     (["trainer.accelerator=gpu"], ["Bad trainer setting", "gpu"]),
     (["+trainer.max_epoch=3"], ["'trainer.max_epoch'", "Did you mean 'max_epochs'"]),
+    (["model=cnn", "model.channels=[]"], ["model.channels", "at least 1"]),
+    (["tags=[[1]]"], ["tags[0]", "single values"]),
+    (["trainer.steps_per_execution=0"], ["trainer.steps_per_execution", "at least 1"]),
 ]
 
 
