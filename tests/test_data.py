@@ -68,3 +68,19 @@ def test_batches_grouped_per_step_and_limited_by_count_or_fraction():
     assert all(len(b[0]) == 4 for g in limited for b in g), "a limit cuts whole batches"
     assert TensorBatches((x, x.long()), batch_size=4, limit=0.5).steps == 6
     assert TensorBatches((x, x.long()), batch_size=4, limit=0.01).steps == 1, "at least one"
+
+
+def test_dataloader_shuffle_follows_the_trainer_epoch():
+    from types import SimpleNamespace
+
+    from nnlab.data.base import EpochShuffle
+
+    trainer = SimpleNamespace(current_epoch=0)
+    sampler = EpochShuffle(20, seed=5, trainer=trainer)
+    first, again = list(sampler), list(sampler)
+    assert sorted(first) == list(range(20)) and first == again, "same epoch, same order"
+    trainer.current_epoch = 3
+    third = list(sampler)
+    assert third != first
+    # A fresh sampler (a resumed run) at epoch 3 shuffles as the long-running one did.
+    assert list(EpochShuffle(20, seed=5, trainer=SimpleNamespace(current_epoch=3))) == third

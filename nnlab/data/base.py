@@ -12,6 +12,28 @@ from sklearn.model_selection import train_test_split
 ON_DEVICE_LIMIT = 1 << 30  # bytes of a split kept on the GPU whole (more: moved batch by batch)
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """A shuffle of range(n) fixed by the seed and the epoch alone, so a resumed run shuffles
+    each epoch as the uninterrupted run did."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+class EpochShuffle(torch.utils.data.Sampler[int]):
+    """A DataLoader's shuffling by `epoch_order`, following the trainer's epoch."""
+
+    def __init__(self, n: int, seed: int, trainer: pl.Trainer | None) -> None:
+        self.n, self.seed, self.trainer = n, seed, trainer
+        self.passes = 0  # the epoch when no trainer is attached
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        epoch = self.trainer.current_epoch if self.trainer is not None else self.passes
+        self.passes += 1
+        return iter(epoch_order(self.n, self.seed, epoch).tolist())
+
+
 class TensorBatches:
     """Mini-batches of in-memory tensors, cut by slicing.
 
@@ -93,8 +115,7 @@ class TensorBatches:
         if self.shuffle:
             if self.epoch_of is not None:
                 self.epoch = self.epoch_of()
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(len(tensors[0]), generator=generator)
+            order = epoch_order(len(tensors[0]), self.seed, self.epoch)
             tensors = tuple(t[order] for t in tensors)
             self.epoch += 1
         n, rank, world = self._shard()

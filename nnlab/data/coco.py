@@ -17,6 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
+from nnlab.data.base import EpochShuffle
 from nnlab.data.detection import DetectionDataModule, Target
 from nnlab.errors import UserError
 
@@ -185,12 +186,14 @@ class CocoDataModule(DetectionDataModule):
         self.records["train"] = [train[i] for i in order[start:]]
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        images = CocoImages(self.records[split])
+        # Shuffled by the trainer's epoch, not by one generator's draws: resuming reshuffles
+        # each epoch as the uninterrupted run did.
+        order = EpochShuffle(len(images), self.seed, self.trainer) if shuffle else None
         return DataLoader(
-            CocoImages(self.records[split]),
+            images,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=order,
             collate_fn=_collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
