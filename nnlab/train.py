@@ -225,7 +225,6 @@ def _trainer(
 ) -> pl.Trainer:
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
-    from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
     args = OmegaConf.to_container(cfg.trainer, resolve=True)
     del args["steps_per_execution"]  # nnlab's, not Lightning's: build() hands it to the data
@@ -267,9 +266,6 @@ def _trainer(
         **args,
         logger=logger,
         callbacks=callbacks,
-        # Checkpoints are written by a thread from a copy taken at save time: on small models
-        # the write took as long as a third of the epoch. fit() waits for it before returning.
-        plugins=[AsyncCheckpointIO()],
         default_root_dir=str(run_dir),
         enable_model_summary=False,
         num_sanity_val_steps=0,

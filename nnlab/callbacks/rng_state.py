@@ -22,10 +22,12 @@ class RngState(pl.Callback):
     ) -> None:
         # tensors and plain numbers only: Lightning loads checkpoints with weights_only=True
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        version, internal, python_gauss = random.getstate()
         checkpoint[KEY] = {
             "torch": torch.get_rng_state(),
             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-            "python": random.getstate(),
+            # 625 ints as one tensor: pickled one by one, they cost more than the model's weights
+            "python": [version, torch.tensor(internal, dtype=torch.int64), python_gauss],
         }
 
     def on_load_checkpoint(
@@ -36,4 +38,5 @@ class RngState(pl.Callback):
             torch.set_rng_state(states["torch"])
             kind, keys, pos, has_gauss, gauss = states["numpy"]
             np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-            random.setstate(states["python"])
+            version, internal, gauss = states["python"]
+            random.setstate((version, tuple(int(i) for i in internal), gauss))

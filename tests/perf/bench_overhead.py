@@ -31,7 +31,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from nnlab.config import compose_config
 from nnlab.train import build, train
 
-TARGETS = {"hand": 1.25, "stock": 0.6}  # the issue's targets: nnlab / variant must be <= these
+# nnlab / variant must be at most these: issue 7 in every cell (1.25× the hand loop, faster than
+# stock Lightning), issue 2 for the MLP (0.6× stock).
+TARGETS = {"hand": 1.25, "hand + save": 1.25, "stock": 1.0}
+MLP_STOCK_TARGET = 0.6
 WARMUP_EPOCHS = 2
 DATA = {"mlp": "digits", "cnn": "digits", "rnn": "digits_seq"}  # rnn: an LSTM over digit rows
 
@@ -52,7 +55,9 @@ def setup(model: str, batch_size: int) -> tuple[nn.Module, dict[str, tuple[Tenso
     return task.model, datamodule.splits
 
 
-def run_hand(model_name: str, epochs: int, bs: int) -> float:
+def run_hand(model_name: str, epochs: int, bs: int, save: bool = False) -> float:
+    """A hand-written loop; `save` also writes model and optimizer state every epoch, as a
+    loop that can resume must (nnlab writes last.ckpt every epoch and best.ckpt on improving)."""
     torch.use_deterministic_algorithms(False)  # nnlab's trainer turns it on process-wide
     model, splits = setup(model_name, bs)
     (x, y), (xv, yv) = splits["train"], splits["val"]
@@ -75,6 +80,9 @@ def run_hand(model_name: str, epochs: int, bs: int) -> float:
                 loss_sum += F.cross_entropy(logits, target, reduction="sum")
                 correct += (logits.argmax(dim=1) == target).sum()
             _ = (loss_sum.item() / len(xv), correct.item() / len(xv))
+        if save:
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict()}
+            torch.save(state, os.path.join(tempfile.gettempdir(), "bench_overhead_last.pt"))
     return time.perf_counter() - start
 
 
@@ -145,10 +153,11 @@ def run_stock(model_name: str, epochs: int, bs: int) -> float:
         return time.perf_counter() - start
 
 
-def measure(m: str, bs: int, epochs: int, repeats: int) -> dict[str, float]:
-    """Median steady-state ms/epoch of every variant for one model and batch size."""
+def measure(m: str, bs: int, epochs: int, repeats: int) -> dict[str, list[float]]:
+    """Steady-state ms/epoch of every variant for one model and batch size, per repeat."""
     runners: dict[str, Callable[[int], float]] = {
         "hand": lambda e: run_hand(m, e, bs),
+        "hand + save": lambda e: run_hand(m, e, bs, save=True),
         "nnlab": lambda e: run_nnlab(m, e, bs, bar_tb=False),
         "nnlab (bar+tb)": lambda e: run_nnlab(m, e, bs, bar_tb=True),
         "stock": lambda e: run_stock(m, e, bs),
@@ -167,7 +176,7 @@ def measure(m: str, bs: int, epochs: int, repeats: int) -> dict[str, float]:
     for name in names:
         line = " ".join(f"{t:.2f}" for t in times[name])
         print(f"{name:<16}{statistics.median(times[name]):>10.2f}   {line}")
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def main() -> None:
@@ -189,15 +198,20 @@ def main() -> None:
         f"repeats={args.repeats} (digits, Adam lr=1e-3, val every epoch)"
     )
     cells = {(m, bs): measure(m, bs, args.epochs, args.repeats) for m in models for bs in sizes}
-    print(f"\n{'cell':<14}{'ratio':<26}{'value':>7}{'target':>9}")
-    for (m, bs), median in cells.items():
+    # Each repeat runs every variant back to back: its ratios share that moment's machine load.
+    print(f"\n{'cell':<10}{'ratio':<30}{'median':>7}  {'repeats':<20}{'target':>8}")
+    for (m, bs), times in cells.items():
         for ours in ("nnlab", "nnlab (bar+tb)"):
             for base, target in TARGETS.items():
-                ratio = median[ours] / median[base]
+                if base == "stock" and m == "mlp":
+                    target = min(target, MLP_STOCK_TARGET)
+                ratios = [a / b for a, b in zip(times[ours], times[base], strict=True)]
+                ratio = statistics.median(ratios)
                 verdict = "PASS" if ratio <= target else "MISS"
-                cell = f"{m} b{bs}"
+                spread = " ".join(f"{r:.2f}" for r in ratios)
                 print(
-                    f"{cell:<14}{f'{ours} / {base}':<26}{ratio:>7.2f}{f'<= {target}':>9}  {verdict}"
+                    f"{f'{m} b{bs}':<10}{f'{ours} / {base}':<30}{ratio:>7.2f}  {spread:<20}"
+                    f"{f'<= {target}':>8}  {verdict}"
                 )
 
 
