@@ -21,7 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 
 import nnlab
 from nnlab import runs
-from nnlab.callbacks.config_stamp import ConfigStamp
 from nnlab.callbacks.grad_flow import GradientFlow
 from nnlab.callbacks.rng_state import RngState
 from nnlab.data.base import TensorBatches, TensorDataModule
@@ -37,7 +36,7 @@ from nnlab.tasks import gan as gan_task
 from nnlab.tasks.classification import ClassificationTask
 from nnlab.tasks.detection import DetectionTask
 from nnlab.tasks.sequence import RegressionTask
-from nnlab.tasks.supervised import SupervisedTask
+from nnlab.tasks.supervised import LeanModule, SupervisedTask
 
 
 class TrainingError(Exception):
@@ -242,7 +241,11 @@ def _trainer(
     mode = cfg.callbacks.mode or guessed
     kept = {"dirpath": run_dir / runs.CHECKPOINTS, "save_top_k": 1, "enable_version_counter": False}
     callbacks: list[pl.Callback] = [
-        ModelCheckpoint(filename="best", monitor=monitor, mode=mode, **kept),
+        # Weights only (a third of the size with Adam's state): evaluating and predicting need
+        # no more, and resuming reads last.ckpt.
+        ModelCheckpoint(
+            filename="best", monitor=monitor, mode=mode, save_weights_only=True, **kept
+        ),
         # Every epoch's end, for resuming. Not save_last=True: Lightning then writes last.ckpt
         # only in epochs that improve best.ckpt.
         ModelCheckpoint(filename="last", **kept),
@@ -328,8 +331,8 @@ def train(
             runs.write_json(run_dir / runs.METRICS, summary)
 
     try:
-        stamp = ConfigStamp(resolved, nnlab.__version__)
-        extra = [stamp, RngState(), *(callbacks or [])]
+        task.config_stamp = {"config": resolved, "version": nnlab.__version__}
+        extra = [RngState(), *(callbacks or [])]
         flow = None
         if cfg.callbacks.grad_flow and isinstance(task, SupervisedTask):
             flow = GradientFlow(every=cfg.callbacks.grad_flow_every)
@@ -469,10 +472,9 @@ def _run_config(
 ) -> tuple[DictConfig, dict[str, str]]:
     """The config a trained run was built from (its run directory's, else the one stamped into
     the checkpoint), brought up to this nnlab with `overrides` applied, and its group choices."""
-    from nnlab.callbacks.config_stamp import KEY
     from nnlab.config import saved_run_config
 
-    stamp = checkpoint.get(KEY) or {}
+    stamp = checkpoint.get(LeanModule.CONFIG_KEY) or {}
     choices: dict[str, str] = {}
     if run_dir is not None:
         saved = OmegaConf.load(run_dir / runs.CONFIG)

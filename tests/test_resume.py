@@ -167,8 +167,11 @@ def test_last_ckpt_is_the_last_epoch_even_when_best_stopped_improving(nnlab, wor
     args = ["optimizer.lr=1e-12", "trainer.max_epochs=3", "trainer.enable_progress_bar=false"]
     assert nnlab("train", *args).exit_code == 0
     (run,) = all_runs(workdir)
-    saved = {
-        name: torch.load(run / "checkpoints" / name, weights_only=False)["epoch"]
+    best, last = (
+        torch.load(run / "checkpoints" / name, weights_only=False)
         for name in ("best.ckpt", "last.ckpt")
-    }
-    assert saved == {"best.ckpt": 0, "last.ckpt": 2}
+    )
+    assert (best["epoch"], last["epoch"]) == (0, 2)
+    # best.ckpt is for evaluating (weights and config), last.ckpt for resuming (everything).
+    assert "optimizer_states" not in best and "nnlab" in best
+    assert "optimizer_states" in last and "nnlab_rng" in last and "nnlab" in last

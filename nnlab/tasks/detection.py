@@ -146,6 +146,7 @@ class DetectionTask(LeanModule):
         experiment.add_image("val/detections", grid, global_step=self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         # `nnlab predict` rebuilds the model from the run's config and these names, without
         # needing the dataset.
         checkpoint[CHECKPOINT_KEY] = {"class_names": self.class_names}

@@ -13,7 +13,7 @@ from nnlab.tasks.optim import configure
 
 # Lightning sets these around every hook call; nn.Module's __setattr__ (parameter, buffer and
 # submodule bookkeeping) costs more than the hook itself on small data.
-_PLAIN_ATTRS = frozenset({"_current_fx_name", "_epoch_lr", "diverged_at"})
+_PLAIN_ATTRS = frozenset({"_current_fx_name", "_epoch_lr", "diverged_at", "config_stamp"})
 
 
 class LeanModule(pl.LightningModule):
@@ -21,6 +21,14 @@ class LeanModule(pl.LightningModule):
     the epoch bookkeeping every task that keeps per-epoch tensor sums shares."""
 
     diverged_at: int | None = None  # the epoch whose training loss was NaN/inf
+    CONFIG_KEY = "nnlab"  # where checkpoints hold the stamp: {"config": ..., "version": ...}
+    # Set by train(): every checkpoint, weights-only best.ckpt included, carries the resolved
+    # config, so a .ckpt copied out of its run still rebuilds its model.
+    config_stamp: dict[str, Any] | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.config_stamp is not None:
+            checkpoint[self.CONFIG_KEY] = self.config_stamp
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _PLAIN_ATTRS:
