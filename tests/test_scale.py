@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -41,10 +42,10 @@ def test_ddp_shards_partition_every_epoch():
 
     x = torch.arange(103).float().unsqueeze(1)
     batches = TensorBatches((x, x), batch_size=8, shuffle=True, seed=3)
+    batches.following(SimpleNamespace(current_epoch=5))  # both processes are in epoch 5
     seen = []
     for rank in (0, 1):
         batches._shard = lambda rank=rank: (103 // 2, rank, 2)  # as torch.distributed would say
-        batches.epoch = 5
         seen.append(torch.cat([b[0] for b in batches]).flatten().tolist())
     assert len(seen[0]) == len(seen[1]) == 51  # equal steps on both processes
     assert not set(seen[0]) & set(seen[1])  # disjoint

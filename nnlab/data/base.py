@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -12,34 +10,35 @@ from sklearn.model_selection import train_test_split
 ON_DEVICE_LIMIT = 1 << 30  # bytes of a split kept on the GPU whole (more: moved batch by batch)
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """A shuffle of range(n) fixed by the seed and the epoch alone, so a resumed run shuffles
-    each epoch as the uninterrupted run did."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-
-
 class EpochShuffle(torch.utils.data.Sampler[int]):
-    """A DataLoader's shuffling by `epoch_order`, following the trainer's epoch."""
+    """A shuffle of range(n) fixed by the seed and the epoch alone: the trainer's epoch, not a
+    count of passes, so a resumed fit (which starts mid-run) shuffles every epoch as the
+    uninterrupted run did. Without a trainer, passes are counted."""
 
-    def __init__(self, n: int, seed: int, trainer: pl.Trainer | None) -> None:
+    def __init__(self, n: int, seed: int, trainer: pl.Trainer | None = None) -> None:
         self.n, self.seed, self.trainer = n, seed, trainer
-        self.passes = 0  # the epoch when no trainer is attached
+        self.passes = 0
+
+    def order(self) -> torch.Tensor:
+        """This epoch's order; each call is one pass."""
+        epoch = self.trainer.current_epoch if self.trainer is not None else self.passes
+        self.passes += 1
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.n, generator=generator)
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self):
-        epoch = self.trainer.current_epoch if self.trainer is not None else self.passes
-        self.passes += 1
-        return iter(epoch_order(self.n, self.seed, epoch).tolist())
+        return iter(self.order().tolist())
 
 
 class TensorBatches:
     """Mini-batches of in-memory tensors, cut by slicing.
 
     A DataLoader over a TensorDataset collates every sample one by one; on small datasets that
-    costs more than the model. Shuffling uses its own generator seeded per epoch, so batch order
-    depends only on the seed and the epoch number.
+    costs more than the model. Shuffling is an EpochShuffle, so batch order depends only on the
+    seed and the epoch number.
     """
 
     def __init__(
@@ -54,11 +53,9 @@ class TensorBatches:
         self.tensors = tensors
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.seed = seed
         self.per_step = per_step  # yield lists of up to this many batches: one Lightning step's
         self.limit = limit  # batches per epoch: a count (int) or a fraction (float) of them
-        self.epoch = 0
-        self.epoch_of: Callable[[], int] | None = None  # where the epoch comes from, if not a count
+        self.order = EpochShuffle(len(tensors[0]), seed) if shuffle else None
 
     def _folds_last(self, n: int) -> bool:
         # When n % batch_size == 1 the last training batch would hold one sample, and BatchNorm
@@ -101,23 +98,16 @@ class TensorBatches:
         return self.steps if group is None else -(-self.steps // group)
 
     def following(self, trainer: pl.Trainer | None) -> TensorBatches:
-        """Shuffle by the trainer's epoch, not a count of passes: a resumed fit starts mid-run
-        and must shuffle as the uninterrupted run did in that epoch."""
-        if trainer is not None:
-            self.epoch_of = lambda: trainer.current_epoch
+        """Shuffle by the trainer's epoch (see EpochShuffle)."""
+        if self.order is not None:
+            self.order.trainer = trainer
         return self
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __iter__(self):
         tensors = self.tensors
-        if self.shuffle:
-            if self.epoch_of is not None:
-                self.epoch = self.epoch_of()
-            order = epoch_order(len(tensors[0]), self.seed, self.epoch)
+        if self.order is not None:
+            order = self.order.order()
             tensors = tuple(t[order] for t in tensors)
-            self.epoch += 1
         n, rank, world = self._shard()
         if world > 1:  # the same order on every process (same seed), so the shards are disjoint
             tensors = tuple(t[rank::world][:n] for t in tensors)

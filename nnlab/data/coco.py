@@ -187,8 +187,7 @@ class CocoDataModule(DetectionDataModule):
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         images = CocoImages(self.records[split])
-        # Shuffled by the trainer's epoch, not by one generator's draws: resuming reshuffles
-        # each epoch as the uninterrupted run did.
+        # Shuffled by the trainer's epoch, not by one generator's draws (see EpochShuffle).
         order = EpochShuffle(len(images), self.seed, self.trainer) if shuffle else None
         return DataLoader(
             images,
