@@ -139,8 +139,11 @@ def train(
         from nnlab.train import train as run_training
 
         if resume:
-            output_dir = dict(o.split("=", 1) for o in overrides if "=" in o).get("output_dir")
-            run_dir, cfg, choices = run_to_resume(resume, overrides, output_dir or "outputs")
+            from nnlab.config import take_argument
+
+            output_dirs, _ = take_argument(overrides, "output_dir")  # the last one wins
+            output_dir = output_dirs[-1] if output_dirs else "outputs"
+            run_dir, cfg, choices = run_to_resume(resume, overrides, output_dir)
             configs = [((cfg, choices), "", overrides, run_dir)]
         else:
             # Every combination must compose before the first run starts.
