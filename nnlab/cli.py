@@ -113,6 +113,8 @@ def train(
       nnlab train --from-sweep mlp_digits trainer.max_epochs=30
 
       nnlab train --resume latest trainer.max_epochs=60      # continue the newest run
+
+      nnlab train trainer.steps_per_execution=1   # one batch per Lightning step (default 32)
     """
     overrides = overrides or []
     with user_errors():
