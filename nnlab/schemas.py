@@ -294,6 +294,7 @@ class LoggerSchema:
 class CallbacksSchema:
     monitor: Optional[str] = spec()  # noqa: UP045
     mode: Optional[str] = spec(choices=("min", "max"))  # noqa: UP045
+    checkpoint_interval_s: float = spec(ge=0.0)
     early_stopping_patience: int = spec(ge=0)
     grad_flow: bool = spec()
     grad_flow_every: int = spec(ge=1)

@@ -23,6 +23,7 @@ import nnlab
 from nnlab import runs
 from nnlab.callbacks.grad_flow import GradientFlow
 from nnlab.callbacks.rng_state import RngState
+from nnlab.checkpoint_io import DeferredCheckpointIO
 from nnlab.data.base import TensorBatches, TensorDataModule
 from nnlab.errors import UserError
 from nnlab.models.detection import BUILDER as DETECTOR
@@ -81,6 +82,8 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*but have no `val_dataloader`.*")
+    # trainer.limit_val_batches=0 on in-memory data: no batches is what the user asked for
+    warnings.filterwarnings("ignore", ".*Total length of .* across ranks is zero.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*callbacks used to create the checkpoint need to be.*")
     warnings.filterwarnings("ignore", ".*is an invalid version and will not be supported.*")
@@ -204,7 +207,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
         )
     # The task steps the optimizer itself, several batches per Lightning step (see _trainer).
     datamodule.steps_per_execution = cfg.trainer.steps_per_execution
-    datamodule.limit_train_batches = cfg.trainer.limit_train_batches
+    datamodule.limits = {s: cfg.trainer[f"limit_{s}_batches"] for s in ("train", "val", "test")}
     task.gradient_clip = (cfg.trainer.gradient_clip_val, cfg.trainer.gradient_clip_algorithm)
     return datamodule, task
 
@@ -230,8 +233,10 @@ def _trainer(
     if isinstance(task, SupervisedTask):
         # Applied by the task and its data (build()): Lightning refuses to clip for a task that
         # steps its own optimizer, and would count lists of batches against the limit.
-        for key in ("gradient_clip_val", "gradient_clip_algorithm", "limit_train_batches"):
+        for key in ("gradient_clip_val", "gradient_clip_algorithm"):
             del args[key]
+        for split in ("train", "val", "test"):
+            del args[f"limit_{split}_batches"]
     args = {k: v for k, v in args.items() if not (k.startswith("limit_") and v is None)}
     # Validate at least once (at the end), or no metric would ever pick best.ckpt.
     args["check_val_every_n_epoch"] = min(args["check_val_every_n_epoch"], args["max_epochs"])
@@ -269,6 +274,7 @@ def _trainer(
         **args,
         logger=logger,
         callbacks=callbacks,
+        plugins=[DeferredCheckpointIO(cfg.callbacks.checkpoint_interval_s)],
         default_root_dir=str(run_dir),
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -390,7 +396,8 @@ def train(
             summary.update(_score_training_split(trainer, task, datamodule, best))
         trainer.loggers = loggers
         test = trainer.test(task, datamodule=datamodule, ckpt_path=best, verbose=False)
-        summary.update(_prefixed(val[0], "val/"))
+        if val:  # none with trainer.limit_val_batches=0
+            summary.update(_prefixed(val[0], "val/"))
         summary.update(_prefixed(test[0], "test/"))
         if lead:
             _save_samples(task, run_dir)

@@ -68,6 +68,8 @@ def test_batches_grouped_per_step_and_limited_by_count_or_fraction():
     assert all(len(b[0]) == 4 for g in limited for b in g), "a limit cuts whole batches"
     assert TensorBatches((x, x.long()), batch_size=4, limit=0.5).steps == 6
     assert TensorBatches((x, x.long()), batch_size=4, limit=0.01).steps == 1, "at least one"
+    for none in (0, 0.0):  # trainer.limit_val_batches=0: no validation
+        assert len(TensorBatches((x, x.long()), batch_size=4, per_step=5, limit=none)) == 0
 
 
 def test_dataloader_shuffle_follows_the_trainer_epoch():

@@ -70,7 +70,13 @@ def test_sigterm_keeps_last_ckpt_and_says_how_to_resume(workdir):
     command = [sys.executable, "-c", "from nnlab.cli import app; app()", "train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [*command, "trainer.max_epochs=500", "trainer.enable_progress_bar=false"],
+        # A one-second interval: the first last.ckpt, written mid-run, says training is under way.
+        [
+            *command,
+            "trainer.max_epochs=500",
+            "trainer.enable_progress_bar=false",
+            "callbacks.checkpoint_interval_s=1",
+        ],
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,

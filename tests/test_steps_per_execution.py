@@ -47,6 +47,17 @@ def test_limit_train_batches_counts_batches_not_steps(nnlab, workdir):
     assert last_checkpoint(fraction)["global_step"] == 2 * 5  # a quarter of 20 batches
 
 
+def test_validation_and_test_limits_count_batches(nnlab, workdir):
+    # Evaluation takes groups of batches too; its limits still count batches.
+    one_batch = ["data.batch_size=50", "trainer.limit_test_batches=1"]
+    assert nnlab("train", *QUICK, *one_batch, "trainer.limit_val_batches=0").exit_code == 0
+    metrics = metrics_of(only_run(workdir))
+    assert not any(k.startswith("val/") for k in metrics), "limit_val_batches=0: no validation"
+    assert metrics["status"] == "finished" and metrics["checkpoint"] == "checkpoints/last.ckpt"
+    correct = metrics["test/acc"] * 50
+    assert correct == pytest.approx(round(correct), abs=1e-4), "scored on one batch of 50"
+
+
 def test_gradient_clipping_is_applied(nnlab, workdir):
     # Gradients clipped to a norm of 1e-9 leave SGD's weights where they started.
     plain = ["optimizer=sgd", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]

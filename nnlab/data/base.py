@@ -54,7 +54,7 @@ class TensorBatches:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.per_step = per_step  # yield lists of up to this many batches: one Lightning step's
-        self.limit = limit  # batches per epoch: a count (int) or a fraction (float) of them
+        self.limit = limit  # batches per epoch: a count (int) or a fraction (float); 0: none
         self.order = EpochShuffle(len(tensors[0]), seed) if shuffle else None
 
     def _folds_last(self, n: int) -> bool:
@@ -84,6 +84,8 @@ class TensorBatches:
         count = self._full_count()
         if self.limit is None:
             return count
+        if not self.limit:
+            return 0
         if isinstance(self.limit, float):  # a fraction keeps at least one batch
             return min(count, max(1, int(count * self.limit)))
         return min(count, self.limit)
@@ -173,9 +175,9 @@ class TensorDataModule(pl.LightningDataModule):
         self.splits: dict[str, tuple[torch.Tensor, ...]] = {}
         self.class_names: list[str] = []
         # Set by a task that takes several batches per Lightning step (SupervisedTask), which
-        # then also applies the trainer's batch limit itself: Lightning would count the lists.
+        # then also applies the trainer's batch limits itself: Lightning would count the lists.
         self.steps_per_execution: int | None = None
-        self.limit_train_batches: int | float | None = None
+        self.limits: dict[str, int | float | None] = {}  # split → limit_<split>_batches
 
     def load(self) -> None:
         """Fill self.splits['train'|'val'|'test'] = (x, y) and self.class_names."""
@@ -213,22 +215,24 @@ class TensorDataModule(pl.LightningDataModule):
             return tensors
         return tuple(t.to(device) for t in tensors)
 
-    def train_dataloader(self) -> TensorBatches:
-        batches = TensorBatches(
-            self._on_device("train"),
+    def _batches(self, split: str) -> TensorBatches:
+        return TensorBatches(
+            self._on_device(split),
             self.batch_size,
-            True,
-            self.seed,
+            shuffle=split == "train",
+            seed=self.seed,
             per_step=self.steps_per_execution,
-            limit=self.limit_train_batches,
+            limit=self.limits.get(split),
         )
-        return batches.following(self.trainer)
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._batches("train").following(self.trainer)
 
     def val_dataloader(self) -> TensorBatches:
-        return TensorBatches(self._on_device("val"), self.batch_size)
+        return self._batches("val")
 
     def test_dataloader(self) -> TensorBatches:
-        return TensorBatches(self._on_device("test"), self.batch_size)
+        return self._batches("test")
 
 
 def standardize(

@@ -59,7 +59,7 @@ class ClassificationTask(SupervisedTask):
             loss = classification_loss(self.loss_kind, logits, y, self.num_classes)
         return loss, (logits.detach().argmax(dim=1) == y).sum()
 
-    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+    def _test_batch(self, batch: tuple[Tensor, ...]) -> None:
         _, logits = self._step("eval", batch)
         self.test_confusion.update(logits, batch[1])
 

@@ -16,6 +16,12 @@ from nnlab.tasks.optim import configure
 _PLAIN_ATTRS = frozenset({"_current_fx_name", "_epoch_lr", "diverged_at", "config_stamp"})
 
 
+def each_batch(batches: list[tuple[Tensor, ...]] | tuple[Tensor, ...]) -> list[tuple[Tensor, ...]]:
+    """The batches of one Lightning step: TensorBatches yields a list of them when asked to
+    group them (trainer.steps_per_execution), else one batch, a tuple."""
+    return batches if isinstance(batches, list) else [batches]
+
+
 class LeanModule(pl.LightningModule):
     """A LightningModule whose per-hook bookkeeping skips nn.Module's attribute machinery, with
     the epoch bookkeeping every task that keeps per-epoch tensor sums shares."""
@@ -61,10 +67,10 @@ class SupervisedTask(LeanModule):
     and `.item()` host syncs cost more than the model itself on small data. Subclasses give
     `_loss_and_score` and name the score (`acc`, `mae`).
 
-    Training takes a list of batches per Lightning step (trainer.steps_per_execution of them)
-    and steps the optimizer once per batch itself: Lightning's own loop costs about as much per
-    step as a small model's arithmetic. Clipping and the learning-rate schedule are applied
-    here as Lightning would apply them.
+    Every step takes a list of batches (trainer.steps_per_execution of them), and training steps
+    the optimizer once per batch itself: Lightning's own loop costs about as much per step as a
+    small model's arithmetic. Clipping and the learning-rate schedule are applied here as
+    Lightning would apply them.
     """
 
     score_name = "score"
@@ -129,8 +135,7 @@ class SupervisedTask(LeanModule):
     ) -> None:
         optimizer = self.optimizers()
         per_step = self._schedules("step")
-        # TensorBatches yields a list of batches per step when asked to, else one (a tuple).
-        for batch in batches if isinstance(batches, list) else [batches]:
+        for batch in each_batch(batches):
             loss = self._step("train", batch)[0]
             optimizer.zero_grad()
             self.manual_backward(loss)
@@ -156,8 +161,11 @@ class SupervisedTask(LeanModule):
     def on_validation_epoch_start(self) -> None:
         self._reset("eval")
 
-    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
-        self._step("eval", batch)
+    def validation_step(
+        self, batches: list[tuple[Tensor, ...]] | tuple[Tensor, ...], batch_idx: int
+    ) -> None:
+        for batch in each_batch(batches):
+            self._step("eval", batch)
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict({**self._epoch_metrics("val"), "step": float(self.global_step)})
@@ -165,7 +173,13 @@ class SupervisedTask(LeanModule):
     def on_test_epoch_start(self) -> None:
         self._reset("eval")
 
-    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+    def test_step(
+        self, batches: list[tuple[Tensor, ...]] | tuple[Tensor, ...], batch_idx: int
+    ) -> None:
+        for batch in each_batch(batches):
+            self._test_batch(batch)
+
+    def _test_batch(self, batch: tuple[Tensor, ...]) -> None:
         self._step("eval", batch)
 
     def on_test_epoch_end(self) -> None:
