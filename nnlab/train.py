@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -10,6 +11,7 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -366,7 +368,8 @@ def train(
 
     start = time.perf_counter()
     try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+        with _plain_cuda_probe(trainer):
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
         summary["fit_time_s"] = time.perf_counter() - start
         summary["epochs"] = trainer.current_epoch
         summary.update(_prefixed(trainer.callback_metrics, "train/"))
@@ -434,6 +437,24 @@ def train(
         trainer.logger.log_hyperparams(resolved, metrics=metrics)
         trainer.logger.finalize("success")
     return Result(run_dir, summary)
+
+
+@contextlib.contextmanager
+def _plain_cuda_probe(trainer: pl.Trainer) -> Iterator[None]:
+    """Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 when imported, so that processes it forks
+    can still start CUDA. Until CUDA starts, torch then asks NVML afresh at every
+    torch.cuda.is_available(), and every optimizer step calls it: about 70 µs a step on a
+    machine without a GPU, as much as a small model's arithmetic. A run on the CPU never starts
+    CUDA, so it trains without the variable."""
+    name = "PYTORCH_NVML_BASED_CUDA_CHECK"
+    saved = os.environ.get(name)
+    if trainer.strategy.root_device.type == "cpu":
+        os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
 
 
 def _score_training_split(

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytorch_lightning as pl
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from nnlab.config import compose_config
-from nnlab.train import build
+from nnlab.train import build, train
 from tests.helpers import QUICK, all_runs, metrics_of
 
 
@@ -64,3 +65,19 @@ def test_compile_and_channels_last_options(nnlab, workdir):
         "train", "model=cnn", "model.channels_last=true", "model.channels=[8,16]", *QUICK
     )
     assert result.exit_code == 0, result.output
+
+
+class CudaProbe(pl.Callback):
+    """Whether torch asks NVML about CUDA during training (Lightning's import asks it to)."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.nvml = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+
+
+def test_cpu_training_does_not_ask_nvml_at_every_step(workdir, monkeypatch):
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # as importing Lightning leaves it
+    cfg, choices = compose_config(QUICK)
+    probe = CudaProbe()
+    train(cfg, choices, QUICK, callbacks=[probe])
+    assert probe.nvml is None, "torch.cuda.is_available() would ask NVML at every step"
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1", "restored for what follows"

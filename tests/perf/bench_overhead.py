@@ -79,6 +79,18 @@ class EpochClock(pl.Callback):
 def run_hand(model_name: str, epochs: int, bs: int) -> float:
     """A hand-written loop: train, then validate, every epoch."""
     torch.use_deterministic_algorithms(False)  # nnlab's trainer turns it on process-wide
+    # A script that never imports Lightning runs without the variable Lightning sets on import
+    # (with it, torch asks NVML whether CUDA is there at every optimizer step).
+    nvml_check = os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    try:
+        return per_epoch_ms(hand_loop(model_name, epochs, bs))
+    finally:
+        if nvml_check is not None:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = nvml_check
+
+
+def hand_loop(model_name: str, epochs: int, bs: int) -> list[float]:
+    """The loop itself; returns each epoch's start time, then its end."""
     model, splits = setup(model_name, bs)
     (x, y), (xv, yv) = splits["train"], splits["val"]
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -102,7 +114,7 @@ def run_hand(model_name: str, epochs: int, bs: int) -> float:
                 correct += (logits.argmax(dim=1) == target).sum()
             _ = (loss_sum.item() / len(xv), correct.item() / len(xv))
     marks.append(time.perf_counter())
-    return per_epoch_ms(marks)
+    return marks
 
 
 class NullTTY(io.TextIOBase):
