@@ -35,21 +35,25 @@ class DeferredCheckpointIO(TorchCheckpointIO):
     (Lightning tears the strategy down in each case). A 50 ms epoch then does not pay a 5 ms
     file write, and what reaches the disk is exactly the epoch-end state it would have written at
     once; only a hard kill (SIGKILL, power loss) loses up to `interval_s` of training.
-    `interval_s=0` writes every checkpoint at once."""
+    Checkpoints of the step last written go to disk at once: best.ckpt and last.ckpt of one
+    epoch's end are written together. `interval_s=0` writes every checkpoint at once."""
 
     def __init__(self, interval_s: float) -> None:
         super().__init__()
         self.interval_s = interval_s
         self._pending: dict[str, dict[str, Any]] = {}
         self._written_at = time.monotonic()
+        self._written_step: int | None = None
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
-        if time.monotonic() - self._written_at >= self.interval_s:
+        step = checkpoint.get("global_step")
+        if time.monotonic() - self._written_at >= self.interval_s or step == self._written_step:
             self._pending.pop(str(path), None)
             super().save_checkpoint(checkpoint, path, storage_options)
             self.flush()
+            self._written_step = step
         else:
             self._pending[str(path)] = snapshot(checkpoint)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from nnlab.checkpoint_io import snapshot
+from nnlab.checkpoint_io import DeferredCheckpointIO, snapshot
 from nnlab.config import compose_config
 from nnlab.train import RunInterrupted, TrainingError, train
 
@@ -81,3 +82,16 @@ def test_an_interrupted_or_failed_run_writes_its_last_complete_epoch(workdir, er
         train(cfg, choices, overrides, callbacks=[OnDisk(fail_in=2, error=error)])
     assert "last.ckpt" in saved_epochs(stopped.value.run_dir)
     assert saved_epochs(stopped.value.run_dir)["last.ckpt"] == 1, "epochs 0 and 1 completed"
+
+
+def test_one_steps_checkpoints_are_written_together(tmp_path):
+    io = DeferredCheckpointIO(interval_s=0.2)
+    io.save_checkpoint({"global_step": 5, "w": torch.ones(1)}, tmp_path / "last.ckpt")
+    assert not (tmp_path / "last.ckpt").exists(), "within the interval: held in memory"
+    time.sleep(0.25)
+    io.save_checkpoint({"global_step": 6, "w": torch.ones(1)}, tmp_path / "best.ckpt")
+    io.save_checkpoint({"global_step": 6, "w": torch.ones(1)}, tmp_path / "last.ckpt")
+    assert torch.load(tmp_path / "last.ckpt")["global_step"] == 6, "written with best.ckpt"
+    io.save_checkpoint({"global_step": 7, "w": torch.ones(1)}, tmp_path / "last.ckpt")
+    io.teardown()
+    assert torch.load(tmp_path / "last.ckpt")["global_step"] == 7
