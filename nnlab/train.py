@@ -370,6 +370,9 @@ def train(
     try:
         with _plain_cuda_probe(trainer):
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+        # The first process writes the checkpoints as its fit ends (DeferredCheckpointIO): the
+        # others wait for them before they look for best.ckpt and load it.
+        trainer.strategy.barrier("nnlab checkpoints written")
         summary["fit_time_s"] = time.perf_counter() - start
         summary["epochs"] = trainer.current_epoch
         summary.update(_prefixed(trainer.callback_metrics, "train/"))
