@@ -214,14 +214,23 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     return datamodule, task
 
 
-def _progress_bar(cfg: DictConfig) -> list[pl.Callback]:
+def _progress_bar(cfg: DictConfig, grouped: bool) -> list[pl.Callback]:
+    """Lightning's Rich bar; without its it/s column when each Lightning step holds several
+    batches (`grouped`): that rate would not be batches per second, and reads 0.00 when an
+    epoch is a single step."""
     if not cfg.trainer.enable_progress_bar:
         return []
     from pytorch_lightning.callbacks import RichProgressBar
+    from pytorch_lightning.callbacks.progress.rich_progress import ProcessingSpeedColumn
+
+    class Bar(RichProgressBar):
+        def configure_columns(self, trainer: pl.Trainer) -> list:
+            columns = super().configure_columns(trainer)
+            return [c for c in columns if not (grouped and isinstance(c, ProcessingSpeedColumn))]
 
     # Lightning's default Rich bar redraws up to 100×/s from a thread that competes with
     # training: +40% per epoch on small models (tests/perf/bench_overhead.py).
-    return [RichProgressBar(refresh_rate=10)]
+    return [Bar(refresh_rate=10)]
 
 
 def _trainer(
@@ -258,7 +267,8 @@ def _trainer(
         ModelCheckpoint(filename="last", **kept),
         *extra_callbacks,
     ]
-    callbacks += _progress_bar(cfg)
+    grouped = isinstance(task, SupervisedTask) and cfg.trainer.steps_per_execution > 1
+    callbacks += _progress_bar(cfg, grouped)
     if cfg.callbacks.early_stopping_patience > 0:
         callbacks.append(
             EarlyStopping(

@@ -58,6 +58,14 @@ def test_validation_and_test_limits_count_batches(nnlab, workdir):
     assert correct == pytest.approx(round(correct), abs=1e-4), "scored on one batch of 50"
 
 
+@pytest.mark.parametrize(("per_step", "rate_shown"), [(32, False), (1, True)])
+def test_the_bar_shows_a_rate_only_when_a_step_is_one_batch(nnlab, workdir, per_step, rate_shown):
+    args = ["trainer.max_epochs=1", "logger=none", f"trainer.steps_per_execution={per_step}"]
+    result = nnlab("train", *args)
+    assert result.exit_code == 0 and "Epoch 0/0" in result.output
+    assert ("it/s" in result.output) == rate_shown
+
+
 def test_gradient_clipping_is_applied(nnlab, workdir):
     # Gradients clipped to a norm of 1e-9 leave SGD's weights where they started.
     plain = ["optimizer=sgd", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
