@@ -214,12 +214,13 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     return datamodule, task
 
 
-def _progress_bar(cfg: DictConfig, grouped: bool) -> list[pl.Callback]:
+def _progress_bar(cfg: DictConfig, task: pl.LightningModule) -> list[pl.Callback]:
     """Lightning's Rich bar; without its it/s column when each Lightning step holds several
-    batches (`grouped`): that rate would not be batches per second, and reads 0.00 when an
-    epoch is a single step."""
+    batches (trainer.steps_per_execution): that rate would not be batches per second, and
+    reads 0.00 when an epoch is a single step."""
     if not cfg.trainer.enable_progress_bar:
         return []
+    grouped = isinstance(task, SupervisedTask) and cfg.trainer.steps_per_execution > 1
     from pytorch_lightning.callbacks import RichProgressBar
     from pytorch_lightning.callbacks.progress.rich_progress import ProcessingSpeedColumn
 
@@ -267,8 +268,7 @@ def _trainer(
         ModelCheckpoint(filename="last", **kept),
         *extra_callbacks,
     ]
-    grouped = isinstance(task, SupervisedTask) and cfg.trainer.steps_per_execution > 1
-    callbacks += _progress_bar(cfg, grouped)
+    callbacks += _progress_bar(cfg, task)
     if cfg.callbacks.early_stopping_patience > 0:
         callbacks.append(
             EarlyStopping(
@@ -574,7 +574,7 @@ def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> 
         logger=False,
         enable_model_summary=False,
         enable_progress_bar=cfg.trainer.enable_progress_bar,
-        callbacks=_progress_bar(cfg),
+        callbacks=_progress_bar(cfg, task),
     )
     start = time.perf_counter()
     # The checkpoint is already in memory (it may carry the config): load it once, here.
