@@ -115,6 +115,8 @@ def train(
       nnlab train --resume latest trainer.max_epochs=60      # continue the newest run
 
       nnlab train trainer.steps_per_execution=1   # one batch per Lightning step (default 32)
+
+      nnlab train callbacks.checkpoint_interval_s=0   # checkpoint files every epoch (default: 10 s)
     """
     overrides = overrides or []
     with user_errors():

@@ -32,6 +32,7 @@ BAD = [
     (["model=cnn", "model.channels=[]"], ["model.channels", "at least 1"]),
     (["tags=[[1]]"], ["tags[0]", "single values"]),
     (["trainer.steps_per_execution=0"], ["trainer.steps_per_execution", "at least 1"]),
+    (["callbacks.checkpoint_interval_s=-1"], ["callbacks.checkpoint_interval_s", "at least 0"]),
 ]
 
 
