@@ -108,7 +108,7 @@ def test_valid_configs_build_and_take_a_training_step(overrides: list[str]) -> N
     # The first batch, and the last: the one a batch size that does not divide the data cuts short.
     for batch in (batches[0], batches[-1]):
         before = [p.detach().clone() for p in params]
-        loss, _ = task._step("train", batch)
+        loss, _ = task._step(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

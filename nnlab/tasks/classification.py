@@ -52,16 +52,16 @@ class ClassificationTask(SupervisedTask):
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
 
-    def _loss_and_score(self, logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
         if isinstance(self.model, BackpropMLP):  # BP1 by hand as well
-            loss = self.model.cost(self.loss_kind, logits, y, self.num_classes)
-        else:
-            loss = classification_loss(self.loss_kind, logits, y, self.num_classes)
-        return loss, (logits.detach().argmax(dim=1) == y).sum()
+            return self.model.cost(self.loss_kind, logits, y, self.num_classes)
+        return classification_loss(self.loss_kind, logits, y, self.num_classes)
 
-    def _test_batch(self, batch: tuple[Tensor, ...]) -> None:
-        _, logits = self._step("eval", batch)
-        self.test_confusion.update(logits, batch[1])
+    def _score(self, logits: Tensor, y: Tensor) -> Tensor:
+        return (logits.argmax(dim=1) == y).sum()
+
+    def _tested(self, logits: Tensor, targets: Tensor) -> None:
+        self.test_confusion.update(logits, targets)
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()

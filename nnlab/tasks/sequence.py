@@ -16,7 +16,8 @@ class RegressionTask(SupervisedTask):
     score_name = "mae"
     monitor = ("val/loss", "min")
 
-    def _loss_and_score(self, outputs: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        outputs = outputs.reshape(y.shape)
-        loss = F.mse_loss(outputs, y)
-        return loss, (outputs.detach() - y).abs().flatten(1).mean(dim=1).sum()
+    def _loss(self, outputs: Tensor, y: Tensor) -> Tensor:
+        return F.mse_loss(outputs.reshape(y.shape), y)
+
+    def _score(self, outputs: Tensor, y: Tensor) -> Tensor:
+        return (outputs.reshape(y.shape) - y).abs().flatten(1).mean(dim=1).sum()

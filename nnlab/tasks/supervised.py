@@ -16,9 +16,13 @@ from nnlab.tasks.optim import configure
 _PLAIN_ATTRS = frozenset({"_current_fx_name", "_epoch_lr", "diverged_at", "config_stamp"})
 
 
-def each_batch(batches: list[tuple[Tensor, ...]] | tuple[Tensor, ...]) -> list[tuple[Tensor, ...]]:
-    """The batches of one Lightning step: TensorBatches yields a list of them when asked to
-    group them (trainer.steps_per_execution), else one batch, a tuple."""
+# One Lightning step's data: TensorBatches yields a list of batches when asked to group them
+# (trainer.steps_per_execution), else one batch, a tuple.
+Batches = list[tuple[Tensor, ...]] | tuple[Tensor, ...]
+
+
+def each_batch(batches: Batches) -> list[tuple[Tensor, ...]]:
+    """The batches of one Lightning step, as a list."""
     return batches if isinstance(batches, list) else [batches]
 
 
@@ -64,8 +68,9 @@ class SupervisedTask(LeanModule):
 
     A batch is (x, y) or (x, y, lengths) for padded variable-length sequences. Each epoch
     accumulates loss·n, the score's sum and n as tensors and logs them once: per-step `self.log`
-    and `.item()` host syncs cost more than the model itself on small data. Subclasses give
-    `_loss_and_score` and name the score (`acc`, `mae`).
+    and `.item()` host syncs cost more than the model itself on small data. The score is taken
+    once per step, over all its batches' outputs. Subclasses give `_loss` and `_score` and name
+    the score (`acc`, `mae`).
 
     Every step takes a list of batches (trainer.steps_per_execution of them), and training steps
     the optimizer once per batch itself: Lightning's own loop costs about as much per step as a
@@ -92,21 +97,46 @@ class SupervisedTask(LeanModule):
         # their own sums.
         self._sums = {"train": torch.zeros(3), "eval": torch.zeros(3)}
 
-    def _loss_and_score(self, outputs: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """The mean loss over the batch and the score summed over its samples."""
+    def _loss(self, outputs: Tensor, y: Tensor) -> Tensor:
+        """The mean loss over a batch."""
+        raise NotImplementedError
+
+    def _score(self, outputs: Tensor, y: Tensor) -> Tensor:
+        """The score summed over the samples of one or more batches."""
         raise NotImplementedError
 
     def forward(self, x: Tensor, *extra: Tensor) -> Tensor:
         return self.model(x, *extra)
 
-    def _step(self, kind: str, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    def _step(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """The batch's mean loss and the model's outputs."""
         x, y, *extra = batch
         outputs = self.model(x, *extra)
-        loss, score = self._loss_and_score(outputs, y)
+        return self._loss(outputs, y), outputs
+
+    def _tally(
+        self,
+        kind: str,
+        batches: list[tuple[Tensor, ...]],
+        losses: list[Tensor],
+        outputs: list[Tensor],
+    ) -> tuple[Tensor, Tensor]:
+        """Adds one Lightning step's batches to the epoch's sums; returns their outputs and
+        targets. Scoring the step's batches at once takes a handful of tensor operations
+        instead of a handful per batch, each of which costs as much as a small layer."""
         with torch.no_grad():
-            n = y.new_tensor(len(y), dtype=torch.float32)
-            self._sums[kind] += torch.stack([loss.detach() * n, score.float(), n])
-        return loss, outputs
+            targets = [batch[1] for batch in batches]
+            if len(batches) > 1:
+                outputs, targets = [torch.cat(outputs)], [torch.cat(targets)]
+            sizes = losses[0].new_tensor([len(batch[1]) for batch in batches])
+            score = self._score(outputs[0], targets[0]).to(sizes.dtype)
+            self._sums[kind] += torch.stack([torch.stack(losses) @ sizes, score, sizes.sum()])
+        return outputs[0], targets[0]
+
+    def _evaluate(self, batches: Batches) -> tuple[Tensor, Tensor]:
+        group = each_batch(batches)
+        losses, outputs = zip(*(self._step(batch) for batch in group), strict=True)
+        return self._tally("eval", group, list(losses), list(outputs))
 
     def _reset(self, kind: str) -> None:
         self._sums[kind] = torch.zeros(3, device=self.device)
@@ -130,18 +160,21 @@ class SupervisedTask(LeanModule):
                 schedule.step()
         self._note_epoch_lr()
 
-    def training_step(
-        self, batches: list[tuple[Tensor, ...]] | tuple[Tensor, ...], batch_idx: int
-    ) -> None:
+    def training_step(self, batches: Batches, batch_idx: int) -> None:
         optimizer = self.optimizers()
         per_step = self._schedules("step")
-        for batch in each_batch(batches):
-            loss = self._step("train", batch)[0]
+        group = each_batch(batches)
+        losses, outputs = [], []
+        for batch in group:
+            loss, output = self._step(batch)
             optimizer.zero_grad()
             self.manual_backward(loss)
             optimizer.step()  # calls on_before_optimizer_step, which clips
             for schedule in per_step:
                 schedule.step()
+            losses.append(loss.detach())
+            outputs.append(output.detach())
+        self._tally("train", group, losses, outputs)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # After the callbacks' hook, as in Lightning's automatic loop: gradient-flow records
@@ -161,11 +194,8 @@ class SupervisedTask(LeanModule):
     def on_validation_epoch_start(self) -> None:
         self._reset("eval")
 
-    def validation_step(
-        self, batches: list[tuple[Tensor, ...]] | tuple[Tensor, ...], batch_idx: int
-    ) -> None:
-        for batch in each_batch(batches):
-            self._step("eval", batch)
+    def validation_step(self, batches: Batches, batch_idx: int) -> None:
+        self._evaluate(batches)
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict({**self._epoch_metrics("val"), "step": float(self.global_step)})
@@ -173,14 +203,11 @@ class SupervisedTask(LeanModule):
     def on_test_epoch_start(self) -> None:
         self._reset("eval")
 
-    def test_step(
-        self, batches: list[tuple[Tensor, ...]] | tuple[Tensor, ...], batch_idx: int
-    ) -> None:
-        for batch in each_batch(batches):
-            self._test_batch(batch)
+    def test_step(self, batches: Batches, batch_idx: int) -> None:
+        self._tested(*self._evaluate(batches))
 
-    def _test_batch(self, batch: tuple[Tensor, ...]) -> None:
-        self._step("eval", batch)
+    def _tested(self, outputs: Tensor, targets: Tensor) -> None:
+        """One test step's outputs and targets, for tasks that score more than loss and score."""
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self._epoch_metrics("test"))
