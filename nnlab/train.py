@@ -220,13 +220,15 @@ def _progress_bar(cfg: DictConfig, task: pl.LightningModule) -> list[pl.Callback
     reads 0.00 when an epoch is a single step."""
     if not cfg.trainer.enable_progress_bar:
         return []
-    grouped = isinstance(task, SupervisedTask) and cfg.trainer.steps_per_execution > 1
+    grouping = isinstance(task, SupervisedTask) and cfg.trainer.steps_per_execution > 1
     from pytorch_lightning.callbacks import RichProgressBar
     from pytorch_lightning.callbacks.progress.rich_progress import ProcessingSpeedColumn
 
     class Bar(RichProgressBar):
         def configure_columns(self, trainer: pl.Trainer) -> list:
             columns = super().configure_columns(trainer)
+            # Distributed runs take one batch per step (TensorBatches), so their rate is right.
+            grouped = grouping and trainer.world_size == 1
             return [c for c in columns if not (grouped and isinstance(c, ProcessingSpeedColumn))]
 
     # Lightning's default Rich bar redraws up to 100×/s from a thread that competes with
