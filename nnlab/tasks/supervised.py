@@ -128,9 +128,11 @@ class SupervisedTask(LeanModule):
             targets = [batch[1] for batch in batches]
             if len(batches) > 1:
                 outputs, targets = [torch.cat(outputs)], [torch.cat(targets)]
-            sizes = losses[0].new_tensor([len(batch[1]) for batch in batches])
-            score = self._score(outputs[0], targets[0]).to(sizes.dtype)
-            self._sums[kind] += torch.stack([torch.stack(losses) @ sizes, score, sizes.sum()])
+            sums = self._sums[kind]  # float32, whatever the training precision
+            sizes = sums.new_tensor([len(batch[1]) for batch in batches])
+            loss_sum = torch.stack(losses).to(sums.dtype) @ sizes
+            score = self._score(outputs[0], targets[0]).to(sums.dtype)
+            sums += torch.stack([loss_sum, score, sizes.sum()])
         return outputs[0], targets[0]
 
     def _evaluate(self, batches: Batches) -> tuple[Tensor, Tensor]:
