@@ -89,3 +89,20 @@ def test_tensorboard_x_axis_counts_optimizer_steps(nnlab, workdir):
     events.Reload()
     for tag in ("train/loss", "val/acc"):
         assert [e.step for e in events.Scalars(tag)] == [20, 40], tag
+
+
+def test_epoch_sums_stay_float32_under_mixed_precision():
+    # Under bf16-mixed the losses are bf16; a bf16 sum of 600 of them would be off by ~0.1%.
+    from nnlab.config import compose_config
+    from nnlab.train import build
+
+    _, task = build(compose_config([])[0])
+    targets = torch.zeros(200, dtype=torch.long)
+    logits = torch.zeros(200, 10)
+    logits[:150, 0] = 1.0  # 150 of each 200 right, the rest class 1
+    logits[150:, 1] = 1.0
+    loss = torch.tensor(0.1234567, dtype=torch.bfloat16)
+    task._tally("train", [(logits, targets)] * 3, [loss] * 3, [logits] * 3)
+    loss_sum, correct, n = task._sums["train"].tolist()
+    assert (correct, n) == (450, 600)
+    assert loss_sum == pytest.approx(float(loss) * 600, rel=1e-6)
