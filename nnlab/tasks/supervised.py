@@ -124,16 +124,15 @@ class SupervisedTask(LeanModule):
         """Adds one Lightning step's batches to the epoch's sums; returns their outputs and
         targets. Scoring the step's batches at once takes a handful of tensor operations
         instead of a handful per batch, each of which costs as much as a small layer."""
+        targets = [batch[1] for batch in batches]
+        output, target = (torch.cat(t) if len(t) > 1 else t[0] for t in (outputs, targets))
         with torch.no_grad():
-            targets = [batch[1] for batch in batches]
-            if len(batches) > 1:
-                outputs, targets = [torch.cat(outputs)], [torch.cat(targets)]
             sums = self._sums[kind]  # float32, whatever the training precision
-            sizes = sums.new_tensor([len(batch[1]) for batch in batches])
+            sizes = sums.new_tensor([len(y) for y in targets])
             loss_sum = torch.stack(losses).to(sums.dtype) @ sizes
-            score = self._score(outputs[0], targets[0]).to(sums.dtype)
+            score = self._score(output, target).to(sums.dtype)
             sums += torch.stack([loss_sum, score, sizes.sum()])
-        return outputs[0], targets[0]
+        return output, target
 
     def _evaluate(self, batches: Batches) -> tuple[Tensor, Tensor]:
         group = each_batch(batches)
