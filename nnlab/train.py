@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import nnlab
 from nnlab import runs
+from nnlab.callbacks.checkpoint import ModelCheckpoint
 from nnlab.callbacks.grad_flow import GradientFlow
 from nnlab.callbacks.rng_state import RngState
 from nnlab.checkpoint_io import DeferredCheckpointIO
@@ -239,7 +240,7 @@ def _progress_bar(cfg: DictConfig, task: pl.LightningModule) -> list[pl.Callback
 def _trainer(
     cfg: DictConfig, run_dir: Path, task: pl.LightningModule, extra_callbacks: list[pl.Callback]
 ) -> pl.Trainer:
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.callbacks import EarlyStopping
     from pytorch_lightning.loggers import TensorBoardLogger
 
     args = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -284,7 +285,7 @@ def _trainer(
         logger = TensorBoardLogger(
             save_dir=str(run_dir), name=runs.TB, version="", default_hp_metric=False
         )
-    return pl.Trainer(
+    trainer = pl.Trainer(
         **args,
         logger=logger,
         callbacks=callbacks,
@@ -293,6 +294,12 @@ def _trainer(
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
+    # Deterministic mode (trainer.deterministic) also has torch fill every new tensor with NaN, a
+    # guard for code that reads memory it never wrote. PyTorch documents that code which does
+    # not, such as torch's own layers, stays deterministic without it; it costs 1-3% of a small
+    # model's epoch (tests/perf/bench_overhead.py).
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    return trainer
 
 
 def _prefixed(metrics: dict[str, Any], prefix: str) -> dict[str, float]:

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
+from nnlab.callbacks.checkpoint import ModelCheckpoint
 from nnlab.checkpoint_io import DeferredCheckpointIO, snapshot
 from nnlab.config import compose_config
 from nnlab.train import RunInterrupted, TrainingError, train
@@ -95,3 +97,12 @@ def test_one_steps_checkpoints_are_written_together(tmp_path):
     io.save_checkpoint({"global_step": 7, "w": torch.ones(1)}, tmp_path / "last.ckpt")
     io.teardown()
     assert torch.load(tmp_path / "last.ckpt")["global_step"] == 7
+
+
+@pytest.mark.parametrize("args", [{}, {"monitor": "val/acc", "mode": "max"}])
+def test_checkpoint_callbacks_keep_lightnings_state_keys(args):
+    """Checkpoints file each callback's state under its key: last.ckpt files written with
+    Lightning's ModelCheckpoint or nnlab's resume with the other, best score included."""
+    ours = ModelCheckpoint(**args)
+    assert ours.state_key == LightningModelCheckpoint(**args).state_key
+    assert ours.state_key is ours.state_key, "built once"
