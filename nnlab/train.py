@@ -241,7 +241,8 @@ def _trainer(
     cfg: DictConfig, run_dir: Path, task: pl.LightningModule, extra_callbacks: list[pl.Callback]
 ) -> pl.Trainer:
     from pytorch_lightning.callbacks import EarlyStopping
-    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from nnlab.logger import TensorBoard
 
     args = OmegaConf.to_container(cfg.trainer, resolve=True)
     del args["steps_per_execution"]  # nnlab's, not Lightning's: build() hands it to the data
@@ -282,7 +283,7 @@ def _trainer(
         )
     logger: Any = False
     if cfg.logger.kind == "tensorboard":
-        logger = TensorBoardLogger(
+        logger = TensorBoard(
             save_dir=str(run_dir), name=runs.TB, version="", default_hp_metric=False
         )
     trainer = pl.Trainer(

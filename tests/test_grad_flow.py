@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.helpers import metrics_of, only_run
@@ -50,7 +51,11 @@ def test_grad_norms_reach_tensorboard_and_can_be_turned_off(nnlab, workdir):
     tags = events.Tags()["scalars"]
     assert "grad_norm/head.weight" in tags and "update_ratio/head.weight" in tags
     # digits: 1,257 training samples / 64 = 20 steps; sampled every 10 steps
-    assert len(events.Scalars("grad_norm/head.weight")) == 2
+    sampled = [event.value for event in events.Scalars("grad_norm/head.weight")]
+    assert len(sampled) == 2
+    norms = dict(metrics_of(only_run(workdir))["grad_norms"])
+    assert sum(sampled) / 2 == pytest.approx(norms["head.weight"], rel=1e-5)
+    assert events.Scalars("update_ratio/head.weight")[0].value < sampled[0], "lr·‖g‖/‖w‖"
 
     off = nnlab(
         "train",

@@ -1,0 +1,35 @@
+"""TensorBoard events reach the file while a run trains, not only when it ends."""
+
+from __future__ import annotations
+
+import time
+
+import pytorch_lightning as pl
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from nnlab import logger
+from nnlab.config import compose_config
+from nnlab.train import train
+
+
+class Viewer(pl.Callback):
+    """Reads the run's event file as epoch 3 starts, as a TensorBoard open on the run would."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 3:
+            time.sleep(2 * logger.FLUSH_S)
+            events = EventAccumulator(trainer.logger.log_dir)
+            events.Reload()
+            self.steps = [event.step for event in events.Scalars("train/loss")]
+
+
+def test_tensorboard_shows_each_epoch_within_the_flush_interval(workdir, monkeypatch):
+    monkeypatch.setattr(logger, "FLUSH_S", 0.1)
+    overrides = ["trainer.max_epochs=4", "trainer.enable_progress_bar=false"]
+    cfg, choices = compose_config(overrides)
+    viewer = Viewer()
+    train(cfg, choices, overrides, callbacks=[viewer])
+    assert viewer.steps == [20, 40, 60], "epochs 0-2, at their optimizer steps (20 per epoch)"
