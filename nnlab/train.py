@@ -232,6 +232,14 @@ def _progress_bar(cfg: DictConfig, task: pl.LightningModule) -> list[pl.Callback
             grouped = grouping and trainer.world_size == 1
             return [c for c in columns if not (grouped and isinstance(c, ProcessingSpeedColumn))]
 
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            super().on_train_start(trainer, pl_module)
+            # Rich draws the whole bar at once whenever a bar is added or reset, twice per
+            # epoch: 4% of a small model's epoch. The bar's thread redraws it within
+            # 1/refresh_rate s, and the final frame is drawn when the bar stops.
+            if self.progress is not None:
+                self.progress.refresh = self.progress.soft_refresh
+
     # Lightning's default Rich bar redraws up to 100×/s from a thread that competes with
     # training: +40% per epoch on small models (tests/perf/bench_overhead.py).
     return [Bar(refresh_rate=10)]
