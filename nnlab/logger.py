@@ -8,7 +8,7 @@ from typing import Any
 
 from pytorch_lightning.loggers import TensorBoardLogger
 
-FLUSH_S = 5.0  # TensorBoard's own reload interval: a viewer sees no later data than it would
+FLUSH_S = 5.0  # how often TensorBoard reloads a run by default: a viewer waits no longer
 
 
 class TensorBoard(TensorBoardLogger):

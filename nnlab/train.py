@@ -235,7 +235,7 @@ def _progress_bar(cfg: DictConfig, task: pl.LightningModule) -> list[pl.Callback
         def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             super().on_train_start(trainer, pl_module)
             # Rich draws the whole bar at once whenever a bar is added or reset, twice per
-            # epoch: 4% of a small model's epoch. The bar's thread redraws it within
+            # epoch: 5% of a small model's epoch. The bar's thread redraws it within
             # 1/refresh_rate s, and the final frame is drawn when the bar stops.
             if self.progress is not None:
                 self.progress.refresh = self.progress.soft_refresh

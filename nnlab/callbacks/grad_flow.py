@@ -84,7 +84,7 @@ class GradientFlow(pl.Callback):
         self, pl_module: pl.LightningModule, steps: list[int], grads: Tensor, ratios: Tensor
     ) -> None:
         """One TensorBoard event per sampled step, holding every layer's two values: an event
-        per value (add_scalar) costs four times as much, 1-2% of a small model's epoch."""
+        per value (add_scalar) costs four times as much: 3% of a small model's epoch at batch 32."""
         experiment = getattr(pl_module.logger, "experiment", None)
         if experiment is None:
             return
