@@ -29,6 +29,7 @@ from nnlab.callbacks.rng_state import RngState
 from nnlab.checkpoint_io import DeferredCheckpointIO
 from nnlab.data.base import TensorBatches, TensorDataModule
 from nnlab.errors import UserError
+from nnlab.lightning_fixes import metric_moves_skipped
 from nnlab.models.detection import BUILDER as DETECTOR
 from nnlab.models.gan import GAN
 from nnlab.models.layers import count_parameters
@@ -308,6 +309,8 @@ def _trainer(
     # not, such as torch's own layers, stays deterministic without it; it costs 1-3% of a small
     # model's epoch (tests/perf/bench_overhead.py).
     torch.utils.deterministic.fill_uninitialized_memory = False
+    if logger:
+        logger.steps = lambda: trainer.global_step
     return trainer
 
 
@@ -396,7 +399,7 @@ def train(
 
     start = time.perf_counter()
     try:
-        with _plain_cuda_probe(trainer):
+        with _plain_cuda_probe(trainer), metric_moves_skipped():
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
         # The first process writes the checkpoints as its fit ends (DeferredCheckpointIO): the
         # others wait for them before they look for best.ckpt and load it.

@@ -106,3 +106,28 @@ def test_checkpoint_callbacks_keep_lightnings_state_keys(args):
     ours = ModelCheckpoint(**args)
     assert ours.state_key == LightningModelCheckpoint(**args).state_key
     assert ours.state_key is ours.state_key, "built once"
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {"val/acc": torch.tensor(0.75), "train/loss": torch.tensor(0.3)},
+        {"val/acc": torch.tensor(0.75), "epoch": torch.tensor(4.0), "step": torch.tensor(90.0)},
+        {"val/acc": torch.tensor(0.75), "note": [1.0, 2.0]},
+    ],
+)
+def test_checkpoint_candidates_equal_lightnings_as_independent_copies(metrics):
+    """best.ckpt is picked, and checkpoint names filled, from these candidates: nnlab's cheap
+    copy must give Lightning's values and must not share a tensor with the logged metrics."""
+    # Only the trainer's metrics, epoch and step are read.
+    fake = type("T", (), {"callback_metrics": metrics, "current_epoch": 3, "global_step": 57})()
+    ours = ModelCheckpoint()._monitor_candidates(fake)  # type: ignore[arg-type]
+    theirs = LightningModelCheckpoint()._monitor_candidates(fake)  # type: ignore[arg-type]
+    assert ours.keys() == theirs.keys()
+    for name, value in theirs.items():
+        if isinstance(value, torch.Tensor):
+            assert ours[name].dtype == value.dtype and torch.equal(ours[name], value), name
+        else:
+            assert ours[name] == value, name
+    for name, value in metrics.items():
+        assert ours[name] is not value, name

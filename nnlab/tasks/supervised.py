@@ -188,8 +188,7 @@ class SupervisedTask(LeanModule):
 
     def on_train_epoch_end(self) -> None:
         metrics = self._epoch_metrics("train")
-        # "step" sets the x-axis: optimizer steps, however many a Lightning step holds.
-        self.log_dict({**metrics, "train/lr": self._epoch_lr, "step": float(self.global_step)})
+        self.log_dict({**metrics, "train/lr": self._epoch_lr})
         self._stop_if_diverged(metrics["train/loss"])
 
     def on_validation_epoch_start(self) -> None:
@@ -199,7 +198,7 @@ class SupervisedTask(LeanModule):
         self._evaluate(batches)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict({**self._epoch_metrics("val"), "step": float(self.global_step)})
+        self.log_dict(self._epoch_metrics("val"))
 
     def on_test_epoch_start(self) -> None:
         self._reset("eval")
