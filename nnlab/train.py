@@ -25,7 +25,6 @@ import nnlab
 from nnlab import runs
 from nnlab.callbacks.checkpoint import ModelCheckpoint
 from nnlab.callbacks.grad_flow import GradientFlow
-from nnlab.callbacks.rng_state import RngState
 from nnlab.checkpoint_io import DeferredCheckpointIO
 from nnlab.data.base import TensorBatches, TensorDataModule
 from nnlab.errors import UserError
@@ -371,7 +370,7 @@ def train(
 
     try:
         task.config_stamp = {"config": resolved, "version": nnlab.__version__}
-        extra = [RngState(), *(callbacks or [])]
+        extra = list(callbacks or [])
         flow = None
         if cfg.callbacks.grad_flow and isinstance(task, SupervisedTask):
             flow = GradientFlow(every=cfg.callbacks.grad_flow_every)

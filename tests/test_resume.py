@@ -179,5 +179,5 @@ def test_last_ckpt_is_the_last_epoch_even_when_best_stopped_improving(nnlab, wor
     )
     assert (best["epoch"], last["epoch"]) == (0, 2)
     # best.ckpt is for evaluating (weights and config), last.ckpt for resuming (everything).
-    assert "optimizer_states" not in best and "nnlab" in best
+    assert "optimizer_states" not in best and "nnlab_rng" not in best and "nnlab" in best
     assert "optimizer_states" in last and "nnlab_rng" in last and "nnlab" in last
