@@ -23,6 +23,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -168,20 +169,28 @@ class FloorModule(pl.LightningModule):
 def run_floor(model_name: str, epochs: int, bs: int) -> float:
     model, splits = setup(model_name, bs)
     one_step = DataLoader([0], batch_size=1)
-    clock = EpochClock()
     with tempfile.TemporaryDirectory() as tmp, without_nvml_check():
-        trainer = pl.Trainer(
-            max_epochs=epochs,
-            logger=False,
-            default_root_dir=tmp,
-            callbacks=[clock],
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-        )
+        trainer, clock = clocked_trainer(epochs, tmp, logger=False, checkpoints=False)
         trainer.fit(FloorModule(model, splits, bs), one_step, one_step)
     return per_epoch_ms(clock.marks)
+
+
+def clocked_trainer(
+    epochs: int, tmp: str, logger: Any, checkpoints: bool
+) -> tuple[pl.Trainer, EpochClock]:
+    """A plain Lightning Trainer for the floor and stock scripts, with the epoch clock."""
+    clock = EpochClock()
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        logger=logger,
+        default_root_dir=tmp,
+        callbacks=[clock],
+        enable_checkpointing=checkpoints,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return trainer, clock
 
 
 class NullTTY(io.TextIOBase):
@@ -237,17 +246,9 @@ def run_stock(model_name: str, epochs: int, bs: int) -> float:
     model, splits = setup(model_name, bs)
     train_dl = DataLoader(TensorDataset(*splits["train"]), batch_size=bs, shuffle=True)
     val_dl = DataLoader(TensorDataset(*splits["val"]), batch_size=bs)
-    clock = EpochClock()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = pl.Trainer(
-            max_epochs=epochs,
-            logger=TensorBoardLogger(tmp),
-            default_root_dir=tmp,
-            callbacks=[clock],
-            enable_checkpointing=True,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
+        trainer, clock = clocked_trainer(
+            epochs, tmp, logger=TensorBoardLogger(tmp), checkpoints=True
         )
         trainer.fit(StockModule(model), train_dl, val_dl)
     return per_epoch_ms(clock.marks)
