@@ -28,8 +28,8 @@ def metric_moves_skipped() -> Iterator[None]:
     """Within the block, `self.log` leaves alone a metric that is already on the value's device.
 
     Every `self.log` call moves the logged metric's state to the value's device, and the move
-    deep-copies the metric's metadata even when nothing has to move: about 0.2 ms a call, a
-    third of a logged value's cost (tests/perf/bench_overhead.py).
+    deep-copies the metric's metadata even when nothing has to move: about 0.3 ms of the 0.5 ms
+    a logged value costs (section timers around tests/perf/bench_overhead.py's MLP).
     Lightning-AI/pytorch-lightning#20388 reports it; #21769 would skip the move as this does.
     A metric whose tensors are all on the device is left as it is, which is what the move would
     give; any other call moves as Lightning does. Lightning is restored on leaving, so other

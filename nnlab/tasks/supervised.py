@@ -42,7 +42,7 @@ class LeanModule(pl.LightningModule):
             checkpoint[self.CONFIG_KEY] = self.config_stamp
         # Full checkpoints (last.ckpt) resume; weights-only ones (best.ckpt) never do. Kept in
         # the module's hooks rather than a callback's: Lightning dispatches every per-step hook
-        # to every callback, 2% of a small model's epoch for one that only acts at checkpoints.
+        # to every callback, 1% of a small model's epoch for one that only acts at checkpoints.
         if "optimizer_states" in checkpoint:
             save_rng_states(checkpoint)
 
