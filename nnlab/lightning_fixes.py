@@ -47,7 +47,7 @@ def metric_moves_skipped() -> Iterator[None]:
         if (
             isinstance(device, torch.device)
             and getattr(self, "is_tensor", False)
-            and _all_on([value for key, value in vars(self).items() if key != "meta"], device)
+            and _all_on(vars(self), device)
         ):
             return self
         return move(self, *args, **kwargs)
