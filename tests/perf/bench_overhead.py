@@ -80,10 +80,10 @@ class EpochClock(pl.Callback):
 
 
 @contextlib.contextmanager
-def without_nvml_check() -> Iterator[None]:
-    """As a script that never imports Lightning runs: without the variable Lightning sets on
-    import (with it, torch asks NVML whether CUDA is there at every optimizer step; nnlab
-    trains on the CPU without it too)."""
+def as_a_plain_script() -> Iterator[None]:
+    """As a script that never imports Lightning or nnlab runs: without deterministic algorithms
+    and without the variable Lightning sets on import (with it, torch asks NVML whether CUDA is
+    there at every optimizer step; nnlab trains on the CPU without it too)."""
     torch.use_deterministic_algorithms(False)  # nnlab's trainer turns it on process-wide
     nvml_check = os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     try:
@@ -95,7 +95,7 @@ def without_nvml_check() -> Iterator[None]:
 
 def run_hand(model_name: str, epochs: int, bs: int) -> float:
     """A hand-written loop: train, then validate, every epoch."""
-    with without_nvml_check():
+    with as_a_plain_script():
         return per_epoch_ms(hand_loop(model_name, epochs, bs))
 
 
@@ -169,7 +169,7 @@ class FloorModule(pl.LightningModule):
 def run_floor(model_name: str, epochs: int, bs: int) -> float:
     model, splits = setup(model_name, bs)
     one_step = DataLoader([0], batch_size=1)
-    with tempfile.TemporaryDirectory() as tmp, without_nvml_check():
+    with tempfile.TemporaryDirectory() as tmp, as_a_plain_script():
         trainer, clock = clocked_trainer(epochs, tmp, logger=False, checkpoints=False)
         trainer.fit(FloorModule(model, splits, bs), one_step, one_step)
     return per_epoch_ms(clock.marks)
