@@ -22,13 +22,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import nnlab
-from nnlab import runs
+from nnlab import lightning_fixes, runs
 from nnlab.callbacks.checkpoint import ModelCheckpoint
 from nnlab.callbacks.grad_flow import GradientFlow
 from nnlab.checkpoint_io import DeferredCheckpointIO
 from nnlab.data.base import TensorBatches, TensorDataModule
 from nnlab.errors import UserError
-from nnlab.lightning_fixes import metric_moves_skipped
 from nnlab.models.detection import BUILDER as DETECTOR
 from nnlab.models.gan import GAN
 from nnlab.models.layers import count_parameters
@@ -398,7 +397,7 @@ def train(
 
     start = time.perf_counter()
     try:
-        with _plain_cuda_probe(trainer), metric_moves_skipped():
+        with _plain_cuda_probe(trainer), lightning_fixes.applied(trainer):
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
         # The first process writes the checkpoints as its fit ends (DeferredCheckpointIO): the
         # others wait for them before they look for best.ckpt and load it.

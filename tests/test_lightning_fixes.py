@@ -49,3 +49,60 @@ def test_logged_epoch_means_are_unchanged_and_lightning_is_restored_after():
             results.log("training_step", "loss", torch.tensor(value), batch_size=size)
         assert results["training_step.loss"].compute().item() == 2.0
     assert _ResultMetric.to is released, "other Lightning code in the process runs as released"
+
+
+def test_hook_signatures_are_read_once_with_the_same_answers(monkeypatch):
+    """Lightning's check whether a hook takes an argument answers as released, reading each
+    hook's signature once while nnlab trains."""
+    import inspect
+
+    from pytorch_lightning.utilities import signature_utils
+    from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
+
+    from nnlab.lightning_fixes import hook_signatures_cached
+
+    class Module:
+        def training_step(self, batch, batch_idx):
+            pass
+
+        def validation_step(self, *args):
+            pass
+
+    module = Module()
+    questions = [
+        (module.training_step, "batch_idx", False, None),
+        (module.training_step, "dataloader_iter", True, None),
+        (module.validation_step, "dataloader_idx", False, None),
+        (module.validation_step, "dataloader_idx", True, None),
+        (module.validation_step, "batch_idx", False, 2),
+    ]
+    released = [is_param_in_hook_signature(*q) for q in questions]
+    assert released == [True, False, True, False, True]
+    reads = []
+    real = inspect.getfullargspec
+    monkeypatch.setattr(inspect, "getfullargspec", lambda fn: reads.append(fn) or real(fn))
+    with hook_signatures_cached():
+        for _ in range(3):
+            assert [is_param_in_hook_signature(*q) for q in questions] == released
+    assert reads == [module.training_step, module.validation_step]
+    assert signature_utils.inspect is inspect, "Lightning reads signatures afresh after the block"
+
+
+def test_only_the_default_do_nothing_profiler_is_skipped(tmp_path):
+    import pytorch_lightning as pl
+
+    from nnlab.lightning_fixes import profiling_skipped
+
+    plain = pl.Trainer(default_root_dir=tmp_path, logger=False)
+    timed = pl.Trainer(default_root_dir=tmp_path, logger=False, profiler="simple")
+    with profiling_skipped(plain), profiling_skipped(timed):
+        with plain.profiler.profile("[Callback]x.on_train_start"):
+            pass
+        with timed.profiler.profile("[Callback]x.on_train_start"):
+            pass
+        assert "profile" in vars(plain.profiler), "the default profiler's wrapper is skipped"
+    assert "profile" not in vars(plain.profiler), "Lightning's method is back after the block"
+    assert "profile" not in vars(timed.profiler)
+    assert "[Callback]x.on_train_start" in timed.profiler.recorded_durations, (
+        "a profiler that records still records"
+    )
