@@ -9,22 +9,34 @@ from typing import Any
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor
 
+# Values a checkpoint holds by the hundred (loop counters, names, flags): returned as they are
+# after one type lookup, not a chain of isinstance checks.
+_ATOMS = frozenset({int, float, str, bool, bytes, type(None)})
+
 
 def snapshot(obj: Any) -> Any:
     """A copy of a checkpoint whose tensors are copied to the CPU and whose containers are new,
     so training on cannot change it. Other values are kept as they are: Lightning builds them
     afresh for every checkpoint."""
+    kind = type(obj)
+    if kind in _ATOMS:
+        return obj
+    if kind is dict:
+        return {key: snapshot(value) for key, value in obj.items()}
     if isinstance(obj, Tensor):
-        return obj.detach().to("cpu", copy=True)
+        obj = obj.detach()
+        # clone: a third of the time of .to("cpu", copy=True) for the small tensors of a
+        # small model's checkpoint, taken every epoch
+        return obj.clone() if obj.device.type == "cpu" else obj.to("cpu")
     if isinstance(obj, dict):
-        copied = type(obj)((key, snapshot(value)) for key, value in obj.items())
+        copied = kind((key, snapshot(value)) for key, value in obj.items())
         if hasattr(obj, "_metadata"):  # a state_dict's per-module versions
             copied._metadata = obj._metadata
         return copied
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(snapshot(value) for value in obj))
+        return kind(*(snapshot(value) for value in obj))
     if isinstance(obj, list | tuple):
-        return type(obj)(snapshot(value) for value in obj)
+        return kind(snapshot(value) for value in obj)
     return obj
 
 
