@@ -40,3 +40,18 @@ def test_tensorboard_shows_each_epoch_within_the_flush_interval(workdir, monkeyp
     assert viewer.steps == dict.fromkeys(("train/loss", "val/acc", "train/lr"), expected), (
         "epochs 0-2, at their optimizer steps"
     )
+
+
+def test_one_event_holds_every_scalar_and_other_values_take_lightnings_path(tmp_path):
+    import torch
+
+    tb = logger.TensorBoard(save_dir=str(tmp_path), name="tb", version="")
+    tb.log_metrics({"train/loss": torch.tensor(0.25), "epoch": 2, "val/acc": 0.5}, step=40)
+    tb.log_metrics({"pair": {"a": 1.0, "b": 2.0}}, step=40)  # add_scalars: a run per key
+    tb.finalize("success")
+    events = EventAccumulator(tb.log_dir)
+    events.Reload()
+    assert {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    } == {"train/loss": [(40, 0.25)], "epoch": [(40, 2.0)], "val/acc": [(40, 0.5)]}
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir() if p.is_dir()) == ["pair_a", "pair_b"]
