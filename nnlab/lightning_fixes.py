@@ -94,7 +94,7 @@ def hook_signatures_cached() -> Iterator[None]:
 
     Lightning asks whether a hook takes `batch_idx`, `dataloader_idx` or `dataloader_iter`
     about nine times an epoch (its loops, and every `self.log` in a training hook), each time
-    through inspect.getfullargspec: 0.3 ms of a small model's 22 ms epoch (timers around
+    through inspect.getfullargspec: 0.3 ms of a 28 ms epoch (timers around
     tests/perf/bench_overhead.py's MLP at batch 256). The answers stay the same while the hooks
     do; the cache lives only as long as the block."""
     try:
@@ -122,8 +122,8 @@ def profiling_skipped(trainer: Any) -> Iterator[None]:
     Lightning wraps every hook it calls, and every step of its loops, in
     `trainer.profiler.profile(name)`, about 300 times an epoch. With the default profiler,
     which records nothing, each is still a generator-based context manager entered and left:
-    0.7 ms of a small model's 22 ms epoch (tests/perf/bench_overhead.py's MLP at batch 256,
-    side by side). Only a trainer whose profiler is that default is touched, and only while
+    0.7 ms of a 28 ms epoch (tests/perf/bench_overhead.py's MLP at batch 256, side by
+    side). Only a trainer whose profiler is that default is touched, and only while
     the block runs: a trainer built with a real profiler ("simple", ...) records as ever."""
     try:
         from pytorch_lightning.profilers import PassThroughProfiler
