@@ -32,6 +32,24 @@ def _all_on(values: Any, device: torch.device) -> bool:
     return True
 
 
+_MISSING = object()
+
+
+@contextlib.contextmanager
+def _swapped(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """owner.name is value within the block; afterwards what owner itself held before, or, if it
+    held nothing of that name (an instance using its class's method), nothing again."""
+    saved = vars(owner).get(name, _MISSING)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        if saved is _MISSING:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, saved)
+
+
 @contextlib.contextmanager
 def metric_moves_skipped() -> Iterator[None]:
     """Within the block, `self.log` leaves alone a metric that is already on the value's device.
@@ -61,11 +79,8 @@ def metric_moves_skipped() -> Iterator[None]:
             return self
         return move(self, *args, **kwargs)
 
-    _ResultMetric.to = to
-    try:
+    with _swapped(_ResultMetric, "to", to):
         yield
-    finally:
-        _ResultMetric.to = move
 
 
 class _CachedArgspecs:
@@ -105,11 +120,8 @@ def hook_signatures_cached() -> Iterator[None]:
     if getattr(signature_utils, "inspect", None) is not inspect:
         yield
         return
-    signature_utils.inspect = _CachedArgspecs()
-    try:
+    with _swapped(signature_utils, "inspect", _CachedArgspecs()):
         yield
-    finally:
-        signature_utils.inspect = inspect
 
 
 _UNPROFILED = contextlib.nullcontext()  # stateless, so one serves every `with`
@@ -134,11 +146,8 @@ def profiling_skipped(trainer: Any) -> Iterator[None]:
     if type(profiler) is not PassThroughProfiler:
         yield
         return
-    profiler.profile = lambda action_name: _UNPROFILED
-    try:
+    with _swapped(profiler, "profile", lambda action_name: _UNPROFILED):
         yield
-    finally:
-        del profiler.profile
 
 
 @contextlib.contextmanager
