@@ -312,6 +312,18 @@ def _trainer(
     return trainer
 
 
+def _times_so_far(run_dir: Path) -> dict[str, float]:
+    """The fit and wall time a run spent before this session, from its metrics.json: a resumed
+    run reports its whole training time, as `nnlab runs` compares runs by it. An interrupted
+    session wrote no fit time; its wall time, counted from the fit's start, is all fitting."""
+    try:
+        before = runs.read_json(run_dir / runs.METRICS)
+    except (OSError, ValueError):
+        before = {}
+    wall = before.get("wall_time_s", 0.0)
+    return {"fit_time_s": before.get("fit_time_s", wall), "wall_time_s": wall}
+
+
 def _prefixed(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k.startswith(prefix)}
 
@@ -346,6 +358,7 @@ def train(
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
     lead = process_rank() == 0  # only the first process of a distributed run writes files
+    earlier = {"fit_time_s": 0.0, "wall_time_s": 0.0}  # a resumed run's earlier sessions
     shared = os.environ.get(RUN_DIR_ENV)
     if resume is None and shared:
         # a distributed run: every process trains, in the one directory the first one made
@@ -356,6 +369,7 @@ def train(
         ckpt_path = None
     else:
         run_dir, ckpt_path = resume, str(resume / runs.CHECKPOINTS / runs.LAST)
+        earlier = _times_so_far(run_dir)
         # the overrides given when resuming (more epochs, ...) join the run's own
         before = OmegaConf.load(run_dir / runs.OVERRIDES).get("overrides", [])
         overrides = [*before, *overrides]
@@ -402,7 +416,7 @@ def train(
         # The first process writes the checkpoints as its fit ends (DeferredCheckpointIO): the
         # others wait for them before they look for best.ckpt and load it.
         trainer.strategy.barrier("nnlab checkpoints written")
-        summary["fit_time_s"] = time.perf_counter() - start
+        summary["fit_time_s"] = earlier["fit_time_s"] + time.perf_counter() - start
         summary["epochs"] = trainer.current_epoch
         summary.update(_prefixed(trainer.callback_metrics, "train/"))
         if flow is not None and flow.summary:
@@ -451,7 +465,7 @@ def train(
             raise RunInterrupted(run_dir, trainer.current_epoch) from None
         raise
     finally:
-        summary["wall_time_s"] = time.perf_counter() - start
+        summary["wall_time_s"] = earlier["wall_time_s"] + time.perf_counter() - start
         record()
         if lead:
             os.environ.pop(RUN_DIR_ENV, None)

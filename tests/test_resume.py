@@ -46,21 +46,33 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(nnlab, workdir, sche
     assert metrics_of(run)["status"] == "interrupted"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
 
+    before = metrics_of(run)["wall_time_s"]
+    began = time.perf_counter()
     result = nnlab("train", "--resume", str(run))
+    session = time.perf_counter() - began
     assert result.exit_code == 0, result.output
     resumed = metrics_of(run)
     assert resumed["status"] == "finished" and len(all_runs(workdir)) == 2  # no new directory
     assert {k: resumed[k] for k in COMPARED} == {k: uninterrupted[k] for k in COMPARED}
+    # the run's times hold both sessions: `nnlab runs` compares runs by them
+    for key in ("wall_time_s", "fit_time_s"):
+        assert 0 < resumed[key] - before < session, key
 
 
 def test_resume_latest_with_more_epochs_continues_the_run(nnlab, workdir):
     assert (
         nnlab("train", "trainer.max_epochs=2", "trainer.enable_progress_bar=false").exit_code == 0
     )
-    result = nnlab("train", "resume=latest", "trainer.max_epochs=3")
-    assert result.exit_code == 0, result.output
     (run,) = all_runs(workdir)
-    assert metrics_of(run)["epochs"] == 3
+    first = metrics_of(run)
+    began = time.perf_counter()
+    result = nnlab("train", "resume=latest", "trainer.max_epochs=3")
+    session = time.perf_counter() - began
+    assert result.exit_code == 0, result.output
+    metrics = metrics_of(run)
+    assert metrics["epochs"] == 3
+    for key in ("wall_time_s", "fit_time_s"):
+        assert 0 < metrics[key] - first[key] < session, key
     assert (
         "trainer.max_epochs=3" in yaml.safe_load((run / "overrides.yaml").read_text())["overrides"]
     )
