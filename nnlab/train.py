@@ -268,12 +268,16 @@ def _trainer(
     guessed = task.monitor[1] if monitor == task.monitor[0] else ("max", "min")[lower]
     mode = cfg.callbacks.mode or guessed
     kept = {"dirpath": run_dir / runs.CHECKPOINTS, "save_top_k": 1, "enable_version_counter": False}
+    # Weights only (a third of the size with Adam's state): evaluating and predicting need no
+    # more, and resuming reads last.ckpt. Without validation (limit_val_batches=0) a val/ metric
+    # never comes, so there is no best.ckpt, and no Lightning warning that it cannot find one:
+    # the run is scored with last.ckpt.
+    validates = cfg.trainer.limit_val_batches != 0
+    best = ModelCheckpoint(
+        filename="best", monitor=monitor, mode=mode, save_weights_only=True, **kept
+    )
     callbacks: list[pl.Callback] = [
-        # Weights only (a third of the size with Adam's state): evaluating and predicting need
-        # no more, and resuming reads last.ckpt.
-        ModelCheckpoint(
-            filename="best", monitor=monitor, mode=mode, save_weights_only=True, **kept
-        ),
+        *([best] if validates or not monitor.startswith("val/") else []),
         # Every epoch's end, for resuming. Not save_last=True: Lightning then writes last.ckpt
         # only in epochs that improve best.ckpt.
         ModelCheckpoint(filename="last", **kept),
