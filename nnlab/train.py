@@ -273,6 +273,14 @@ def _trainer(
     # never comes, so there is no best.ckpt, and no Lightning warning that it cannot find one:
     # the run is scored with last.ckpt.
     validates = cfg.trainer.limit_val_batches != 0
+    patience = cfg.callbacks.early_stopping_patience
+    if patience > 0 and not validates and monitor.startswith("val/"):
+        raise UserError(
+            f"callbacks.early_stopping_patience={patience} stops training when {monitor} stops "
+            f"improving, but trainer.limit_val_batches=0 turns validation off, so {monitor} "
+            f"never comes. Stop on a training metric (callbacks.monitor=train/loss), validate "
+            f"(drop trainer.limit_val_batches=0), or set callbacks.early_stopping_patience=0."
+        )
     best = ModelCheckpoint(
         filename="best", monitor=monitor, mode=mode, save_weights_only=True, **kept
     )
@@ -284,12 +292,12 @@ def _trainer(
         *extra_callbacks,
     ]
     callbacks += _progress_bar(cfg, task)
-    if cfg.callbacks.early_stopping_patience > 0:
+    if patience > 0:
         callbacks.append(
             EarlyStopping(
                 monitor=monitor,
                 mode=mode,
-                patience=cfg.callbacks.early_stopping_patience,
+                patience=patience,
             )
         )
     logger: Any = False
@@ -399,6 +407,8 @@ def train(
         # goes rather than litter outputs/ (a resumed run's directory stays, of course).
         if resume is None and lead:
             shutil.rmtree(run_dir)
+        if isinstance(err, UserError):
+            raise
         raise UserError(f"Bad trainer setting: {type(err).__name__}: {err}") from None
     summary: dict[str, Any] = {
         "status": "running",

@@ -33,6 +33,10 @@ BAD = [
     (["tags=[[1]]"], ["tags[0]", "single values"]),
     (["trainer.steps_per_execution=0"], ["trainer.steps_per_execution", "at least 1"]),
     (["callbacks.checkpoint_interval_s=-1"], ["callbacks.checkpoint_interval_s", "at least 0"]),
+    (
+        ["trainer.limit_val_batches=0", "callbacks.early_stopping_patience=2"],
+        ["val/acc", "trainer.limit_val_batches=0", "callbacks.monitor=train/loss"],
+    ),
 ]
 
 
