@@ -324,14 +324,19 @@ def _trainer(
     return trainer
 
 
+def _recorded(run_dir: Path) -> dict[str, Any]:
+    """A run's metrics.json; empty when it is missing or damaged (a run killed hard)."""
+    try:
+        return runs.read_json(run_dir / runs.METRICS)
+    except (OSError, ValueError):
+        return {}
+
+
 def _times_so_far(run_dir: Path) -> dict[str, float]:
     """The fit and wall time a run spent before this session, from its metrics.json: a resumed
     run reports its whole training time, as `nnlab runs` compares runs by it. An interrupted
     session wrote no fit time; its wall time, counted from the fit's start, is all fitting."""
-    try:
-        before = runs.read_json(run_dir / runs.METRICS)
-    except (OSError, ValueError):
-        before = {}
+    before = _recorded(run_dir)
     wall = before.get("wall_time_s", 0.0)
     return {"fit_time_s": before.get("fit_time_s", wall), "wall_time_s": wall}
 
@@ -604,7 +609,18 @@ def run_to_resume(
             f"{run_dir} has no {runs.CHECKPOINTS}/{runs.LAST} to resume from: it stopped before "
             f"its first epoch ended. Start it again with nnlab train and its overrides."
         )
-    cfg, choices = _run_config(run_dir, last, load_checkpoint(last), overrides)
+    checkpoint = load_checkpoint(last)
+    cfg, choices = _run_config(run_dir, last, checkpoint, overrides)
+    # Lightning stores the 0-based index of the epoch whose end wrote last.ckpt.
+    done, limit = checkpoint.get("epoch", -1) + 1, cfg.trainer.max_epochs
+    finished = _recorded(run_dir).get("status") == "finished"
+    if finished and limit is not None and 0 <= limit <= done:
+        raise UserError(
+            f"{run_dir} finished: it trained {done} epochs and trainer.max_epochs={limit}, so "
+            f"resuming would train nothing (and its metrics.json would lose its training "
+            f"metrics). To train it further, raise the limit: nnlab train --resume {target} "
+            f"trainer.max_epochs={done + limit}. To score it again: nnlab eval {run_dir}."
+        )
     return run_dir, cfg, choices
 
 

@@ -119,6 +119,12 @@ def test_resume_bad_input(nnlab, workdir):
     assert_clear_error(
         nnlab("train", "--resume", "latest", "model.hiden=3"), ["Unknown key 'model.hiden'"]
     )
+    before = (run / "metrics.json").read_text()
+    assert_clear_error(
+        nnlab("train", "--resume", "latest"),
+        ["trained 1 epochs and trainer.max_epochs=1", "trainer.max_epochs=2", "nnlab eval"],
+    )
+    assert (run / "metrics.json").read_text() == before, "the finished run is left as it was"
     (run / "checkpoints" / "last.ckpt").unlink()
     assert_clear_error(nnlab("train", "--resume", str(run)), ["no checkpoints/last.ckpt"])
 
