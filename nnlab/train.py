@@ -268,24 +268,24 @@ def _trainer(
     guessed = task.monitor[1] if monitor == task.monitor[0] else ("max", "min")[lower]
     mode = cfg.callbacks.mode or guessed
     kept = {"dirpath": run_dir / runs.CHECKPOINTS, "save_top_k": 1, "enable_version_counter": False}
-    # Weights only (a third of the size with Adam's state): evaluating and predicting need no
-    # more, and resuming reads last.ckpt. Without validation (limit_val_batches=0) a val/ metric
-    # never comes, so there is no best.ckpt, and no Lightning warning that it cannot find one:
-    # the run is scored with last.ckpt.
-    validates = cfg.trainer.limit_val_batches != 0
+    # With validation off (trainer.limit_val_batches=0) a val/ monitor never gets a value.
+    unseen = cfg.trainer.limit_val_batches == 0 and monitor.startswith("val/")
     patience = cfg.callbacks.early_stopping_patience
-    if patience > 0 and not validates and monitor.startswith("val/"):
+    if patience > 0 and unseen:
         raise UserError(
             f"callbacks.early_stopping_patience={patience} stops training when {monitor} stops "
             f"improving, but trainer.limit_val_batches=0 turns validation off, so {monitor} "
             f"never comes. Stop on a training metric (callbacks.monitor=train/loss), validate "
             f"(drop trainer.limit_val_batches=0), or set callbacks.early_stopping_patience=0."
         )
+    # Weights only (a third of the size with Adam's state): evaluating and predicting need no
+    # more, and resuming reads last.ckpt. None when its monitor never comes: the run is scored
+    # with last.ckpt, and Lightning does not warn that it cannot find the metric.
     best = ModelCheckpoint(
         filename="best", monitor=monitor, mode=mode, save_weights_only=True, **kept
     )
     callbacks: list[pl.Callback] = [
-        *([best] if validates or not monitor.startswith("val/") else []),
+        *([] if unseen else [best]),
         # Every epoch's end, for resuming. Not save_last=True: Lightning then writes last.ckpt
         # only in epochs that improve best.ckpt.
         ModelCheckpoint(filename="last", **kept),
