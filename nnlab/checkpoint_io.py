@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -63,7 +65,7 @@ class DeferredCheckpointIO(TorchCheckpointIO):
         step = checkpoint.get("global_step")
         if time.monotonic() - self._written_at >= self.interval_s or step == self._written_step:
             self._pending.pop(str(path), None)
-            super().save_checkpoint(checkpoint, path, storage_options)
+            self._write(checkpoint, path, storage_options)
             self.flush()
             self._written_step = step
         else:
@@ -73,8 +75,20 @@ class DeferredCheckpointIO(TorchCheckpointIO):
         """Write every checkpoint still held in memory."""
         while self._pending:
             path = next(iter(self._pending))
-            super().save_checkpoint(self._pending.pop(path), path)
+            self._write(self._pending.pop(path), path)
         self._written_at = time.monotonic()
+
+    def _write(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        """Lightning writes over the old file in place, so a disk that fills up midway would
+        leave neither the old checkpoint nor the new. This writes beside it, then renames."""
+        target = Path(path)
+        partial = target.with_name(target.name + ".tmp")
+        try:
+            super().save_checkpoint(checkpoint, partial, storage_options)
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
 
     def load_checkpoint(
         self,

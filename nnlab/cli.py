@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nnlab.errors import UserError
+from nnlab.errors import UserError, storage_failure
 
 app = typer.Typer(
     help="nnlab: train, compare and understand neural networks.\n\n"
@@ -38,13 +38,26 @@ OVERRIDES_HELP = "Hydra overrides, key=value: model=cnn optimizer.lr=0.01 traine
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Bad input: one clear paragraph on stderr, exit code 2, no traceback."""
+    """Bad input: one clear paragraph on stderr, exit code 2, no traceback. A write the machine
+    refuses (full disk, read-only path): the same, with exit code 1."""
     try:
         yield
     except UserError as e:
         # escape: the message quotes user input, and `model=[/]` is not Rich markup
         err.print(f"[bold red]Error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    except OSError as e:
+        problem = storage_failure(e)
+        if problem is None:
+            raise
+        err.print(
+            f"[bold red]Error:[/] {escape(problem)}. Free some space, or give a writable "
+            f"output_dir=. Files already written stay whole: nnlab replaces a run's files only "
+            f"with complete new versions.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
 
 
 def _fmt(value: Any) -> str:
@@ -165,7 +178,8 @@ def train(
                     highlight=False,
                     soft_wrap=True,
                 )
-                err.print(f"Traceback and partial results: {e.run_dir}", highlight=False)
+                shown = "Traceback and partial" if (e.run_dir / "error.log").exists() else "Partial"
+                err.print(f"{shown} results: {e.run_dir}", highlight=False)
                 if not many:
                     raise typer.Exit(1) from None
             except RunInterrupted as e:

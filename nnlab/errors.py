@@ -1,9 +1,14 @@
-"""Errors nnlab reports to the user as a message and exit code 2 (bad input), never a traceback."""
+"""Errors nnlab reports to the user as a message, never a traceback: bad input (exit code 2), and
+writes the machine refuses (exit code 1)."""
 
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
+
+# Writes the machine refused: a full disk or quota, a read-only or forbidden path.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
 
 
 class UserError(Exception):
@@ -23,3 +28,13 @@ def choice_error(what: str, value: object, choices: Iterable[str]) -> UserError:
         f"Unknown {what} '{value}'. Valid choices: {', '.join(choices)}."
         + did_you_mean(str(value), choices)
     )
+
+
+def storage_failure(err: BaseException) -> str | None:
+    """What the storage refused ('No space left on device: <file>'), when `err` is such a
+    refusal; None for any other error."""
+    if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+        # a copy or a rename names its destination second: the file being written
+        where = err.filename2 or err.filename
+        return f"{err.strerror}: {where}" if where else str(err.strerror)
+    return None

@@ -95,8 +95,12 @@ def checkpoint_of(run: Path) -> Path:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     # Write then rename so a crash never leaves half a metrics file.
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written .tmp behind
+        raise
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from nnlab.callbacks.checkpoint import ModelCheckpoint
 from nnlab.callbacks.grad_flow import GradientFlow
 from nnlab.checkpoint_io import DeferredCheckpointIO
 from nnlab.data.base import TensorBatches, TensorDataModule
-from nnlab.errors import UserError
+from nnlab.errors import UserError, storage_failure
 from nnlab.models.detection import BUILDER as DETECTOR
 from nnlab.models.gan import GAN
 from nnlab.models.layers import count_parameters
@@ -473,6 +473,15 @@ def train(
         raise
     except Exception as err:
         summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+        problem = storage_failure(err)
+        if problem is not None:  # no error.log: the disk that refused would refuse it too
+            raise TrainingError(
+                f"{problem}. Free some space or give a writable output_dir=, then continue with "
+                f"nnlab train --resume {run_dir}: its {runs.CHECKPOINTS}/{runs.LAST} (written "
+                f"at each epoch's end, and replaced only by a whole new one) is the last epoch "
+                f"saved.",
+                run_dir,
+            ) from err
         import traceback
 
         (run_dir / "error.log").write_text(traceback.format_exc())
@@ -485,7 +494,10 @@ def train(
         raise
     finally:
         summary["wall_time_s"] = earlier["wall_time_s"] + time.perf_counter() - start
-        record()
+        # On a full disk this write fails as well: metrics.json keeps its last whole version,
+        # and the error that stopped the run is the one reported.
+        with contextlib.suppress(OSError):
+            record()
         if lead:
             os.environ.pop(RUN_DIR_ENV, None)
         # Lightning ignores further Ctrl-C while it shuts down and never restores the handler.

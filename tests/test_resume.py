@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -169,6 +171,52 @@ def test_unwritable_output_dir_is_a_clear_error(nnlab, workdir):
     result = nnlab("train", f"output_dir={blocker}", "trainer.max_epochs=1")
     assert_clear_error(result, ["Cannot create a run directory", "output_dir="])
     assert blocker.read_text().startswith("a file")
+
+
+def no_space(path) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_to_go_on(nnlab, workdir, monkeypatch):
+    from lightning_fabric.plugins.io import torch_io
+
+    real = torch_io._atomic_save
+
+    def fills_up_in_epoch_three(checkpoint, path):
+        if checkpoint["epoch"] < 2:
+            return real(checkpoint, path)
+        with open(path, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise no_space(path)
+
+    monkeypatch.setattr(torch_io, "_atomic_save", fills_up_in_epoch_three)
+    args = ["trainer.max_epochs=4", "trainer.enable_progress_bar=false"]
+    result = nnlab("train", *args, "callbacks.checkpoint_interval_s=0")
+    assert_clear_error(result, ["No space left on device", "nnlab train --resume"], exit_code=1)
+    (run,) = all_runs(workdir)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    assert not list(run.rglob("*.tmp")), "no half-written file is left behind"
+    assert metrics_of(run)["status"] == "failed"
+
+    monkeypatch.undo()  # space freed
+    assert nnlab("train", "--resume", str(run)).exit_code == 0
+    assert metrics_of(run)["status"] == "finished" and metrics_of(run)["epochs"] == 4
+
+
+def test_a_refused_write_outside_training_is_a_clear_error(nnlab, workdir, monkeypatch):
+    assert (
+        nnlab("train", "trainer.max_epochs=1", "trainer.enable_progress_bar=false").exit_code == 0
+    )
+    (run,) = all_runs(workdir)
+    before = (run / "metrics.json").read_text()
+
+    def disk_full(self, target):
+        raise no_space(self)
+
+    monkeypatch.setattr(Path, "replace", disk_full)  # how runs.write_json commits a file
+    assert_clear_error(nnlab("eval", "latest"), ["No space left on device", "output_dir="], 1)
+    assert not (run / "eval.json").exists() and not list(run.rglob("*.tmp"))
+    assert (run / "metrics.json").read_text() == before
 
 
 def test_resumed_detection_run_ends_like_an_uninterrupted_one(nnlab, workdir):
