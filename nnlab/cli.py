@@ -152,7 +152,7 @@ def train(
             for label in labels
             for c in (sweeps.expand_multirun(overrides) if multirun else [overrides])
         ]
-        from nnlab.train import RunInterrupted, TrainingError, run_to_resume
+        from nnlab.train import RunInterrupted, TrainingError, process_rank, run_to_resume
         from nnlab.train import train as run_training
 
         if resume:
@@ -173,16 +173,22 @@ def train(
                 result = run_training(cfg, choices, combination, resume=resumed)
                 results.append((result, choices, label, combination))
             except TrainingError as e:
+                rank = process_rank()  # the others of a distributed run write no error.log
+                where = f" in process {rank}" if rank else ""
                 err.print(
-                    f"[bold red]Training failed:[/] {escape(str(e))}",
+                    f"[bold red]Training failed{where}:[/] {escape(str(e))}",
                     highlight=False,
                     soft_wrap=True,
                 )
-                shown = "Traceback and partial" if (e.run_dir / "error.log").exists() else "Partial"
-                err.print(f"{shown} results: {e.run_dir}", highlight=False)
+                if not rank:
+                    logged = (e.run_dir / "error.log").exists()
+                    shown = "Traceback and partial" if logged else "Partial"
+                    err.print(f"{shown} results: {e.run_dir}", highlight=False)
                 if not many:
                     raise typer.Exit(1) from None
             except RunInterrupted as e:
+                if process_rank():
+                    raise typer.Exit(130) from None  # the first process says how to resume
                 err.print(
                     f"[bold yellow]Interrupted[/] after {e.epochs_done} complete epochs. "
                     f"{e.run_dir}/checkpoints/last.ckpt keeps the last one; continue with: "
@@ -191,8 +197,6 @@ def train(
                     soft_wrap=True,
                 )
                 raise typer.Exit(130) from None
-    from nnlab.train import process_rank
-
     if process_rank() != 0:
         return  # the other processes of a distributed run: the first one reports
     if experiment is not None:

@@ -1,4 +1,5 @@
-"""Fixes for Lightning slowdowns on small models, applied only while nnlab's own fit runs."""
+"""Fixes for Lightning slowdowns on small models, and for a hang when a distributed run is told to
+stop; applied only while nnlab's own fit runs."""
 
 from __future__ import annotations
 
@@ -153,5 +154,33 @@ def profiling_skipped(trainer: Any) -> Iterator[None]:
 @contextlib.contextmanager
 def applied(trainer: Any) -> Iterator[None]:
     """Every fix here, for the length of the block (the trainer's fit)."""
-    with metric_moves_skipped(), hook_signatures_cached(), profiling_skipped(trainer):
+    with (
+        metric_moves_skipped(),
+        hook_signatures_cached(),
+        profiling_skipped(trainer),
+        sigterm_broadcast_skipped(),
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def sigterm_broadcast_skipped() -> Iterator[None]:
+    """Within the block, Lightning's SIGTERM handler notes the signal and passes it on to the
+    processes it launched, without broadcasting it from the first process.
+
+    A handler runs wherever its process happens to be, so that broadcast can meet another
+    process's different collective (the reduce of an epoch's metrics) and both wait for good:
+    a cluster's time limit, which signals every process, hung a two-process CPU run about half
+    the time (tests/test_scale.py). Lightning-AI/pytorch-lightning#20806 describes the stop
+    this broadcast (#20825) was added for. Lightning broadcasts the flag from the first
+    process again at the start of every training step, where all processes call it, and
+    stops them all together there."""
+    from pytorch_lightning.trainer.connectors.signal_connector import _SignalConnector
+
+    def notify(self: _SignalConnector, signum: int, frame: Any) -> None:
+        if not self.received_sigterm and self.trainer.strategy.launcher is not None:
+            self.trainer.strategy.launcher.kill(signum)
+        self.received_sigterm = True
+
+    with _swapped(_SignalConnector, "_sigterm_notifier_fn", notify):
         yield

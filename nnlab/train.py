@@ -25,6 +25,7 @@ import nnlab
 from nnlab import lightning_fixes, runs
 from nnlab.callbacks.checkpoint import ModelCheckpoint
 from nnlab.callbacks.grad_flow import GradientFlow
+from nnlab.callbacks.stop_signals import StopSignals
 from nnlab.checkpoint_io import DeferredCheckpointIO
 from nnlab.data.base import TensorBatches, TensorDataModule
 from nnlab.errors import UserError, storage_failure
@@ -400,7 +401,8 @@ def train(
 
     try:
         task.config_stamp = {"config": resolved, "version": nnlab.__version__}
-        extra = list(callbacks or [])
+        stop = StopSignals()
+        extra = [*(callbacks or []), stop]
         flow = None
         if cfg.callbacks.grad_flow and isinstance(task, SupervisedTask):
             flow = GradientFlow(every=cfg.callbacks.grad_flow_every)
@@ -472,6 +474,9 @@ def train(
     except UserError:
         raise
     except Exception as err:
+        if stop.received:  # a peer of a distributed run stopped first (see StopSignals)
+            summary["status"] = "interrupted"
+            raise RunInterrupted(run_dir, trainer.current_epoch) from None
         summary.update(status="failed", error=f"{type(err).__name__}: {err}")
         problem = storage_failure(err)
         if problem is not None:  # no error.log: the disk that refused would refuse it too
@@ -484,7 +489,8 @@ def train(
             ) from err
         import traceback
 
-        (run_dir / "error.log").write_text(traceback.format_exc())
+        if lead:
+            (run_dir / "error.log").write_text(traceback.format_exc())
         raise TrainingError(f"{type(err).__name__}: {err}", run_dir) from err
     except BaseException as err:
         # Ctrl-C and SIGTERM (Lightning turns both into SystemExit): not a failure.

@@ -10,7 +10,7 @@ from pytorch_lightning.trainer.connectors.logger_connector.result import (
     _ResultMetric,
 )
 
-from nnlab.lightning_fixes import metric_moves_skipped
+from nnlab.lightning_fixes import metric_moves_skipped, sigterm_broadcast_skipped
 
 
 def logged(value: torch.Tensor) -> _ResultMetric:
@@ -106,3 +106,22 @@ def test_only_the_default_do_nothing_profiler_is_skipped(tmp_path):
     assert "[Callback]x.on_train_start" in timed.profiler.recorded_durations, (
         "a profiler that records still records"
     )
+
+
+def test_sigterm_is_noted_and_passed_on_without_a_collective(monkeypatch):
+    from types import SimpleNamespace
+
+    from pytorch_lightning.trainer.connectors.signal_connector import _SignalConnector
+
+    released = _SignalConnector._sigterm_notifier_fn
+    killed = []
+    launcher = SimpleNamespace(kill=killed.append)
+    connector = _SignalConnector(SimpleNamespace(strategy=SimpleNamespace(launcher=launcher)))
+    connector.received_sigterm = False
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "broadcast", lambda *a, **k: 1 / 0)  # must not run
+    with sigterm_broadcast_skipped():
+        for _ in range(2):  # a second signal is not passed on again
+            connector._sigterm_notifier_fn(15, None)
+    assert connector.received_sigterm and killed == [15]
+    assert _SignalConnector._sigterm_notifier_fn is released

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,6 +41,35 @@ def test_ddp_on_two_cpu_processes_writes_one_run(workdir):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     events = EventAccumulator(str(run / "tb")).Reload()
     assert len(events.Scalars("val/acc")) == 3  # one writer: one point per epoch
+
+
+def test_sigterm_to_every_ddp_process_ends_as_an_interruption(workdir):
+    # A cluster's time limit (SLURM) signals every process of the job at once.
+    script = Path(sys.executable).parent / "nnlab"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [str(script), "train", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+         "trainer.max_epochs=2000", "trainer.enable_progress_bar=false",
+         "callbacks.checkpoint_interval_s=1"],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not list(workdir.glob("outputs/runs/*/checkpoints/last.ckpt")):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)  # Lightning's own handler hung here
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a failed run leaves no process behind
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    assert stderr.count("Interrupted after") == 1 and "nnlab train --resume" in stderr
+    assert "Training failed" not in stderr and "Traceback" not in stderr, stderr
+    (run,) = all_runs(workdir)
+    assert metrics_of(run)["status"] == "interrupted"
+    assert not (run / "error.log").exists(), "an interrupted run has no error to log"
 
 
 def test_ddp_shards_partition_every_epoch():
