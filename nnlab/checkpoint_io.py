@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any
 
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import Tensor
+
+from nnlab.runs import written_whole
 
 # Values a checkpoint holds by the hundred (loop counters, names, flags): returned as they are
 # after one type lookup, not a chain of isinstance checks.
@@ -81,14 +82,8 @@ class DeferredCheckpointIO(TorchCheckpointIO):
     def _write(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         """Lightning writes over the old file in place, so a disk that fills up midway would
         leave neither the old checkpoint nor the new. This writes beside it, then renames."""
-        target = Path(path)
-        partial = target.with_name(target.name + ".tmp")
-        try:
+        with written_whole(Path(path)) as partial:
             super().save_checkpoint(checkpoint, partial, storage_options)
-            os.replace(partial, target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
 
     def load_checkpoint(
         self,

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -36,6 +36,12 @@ err = Console(stderr=True)
 OVERRIDES_HELP = "Hydra overrides, key=value: model=cnn optimizer.lr=0.01 trainer.max_epochs=20"
 
 
+def _stop(message: str, code: int) -> NoReturn:
+    """One paragraph on stderr (Rich markup; user text escaped by the caller), then exit."""
+    err.print(message, highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Bad input: one clear paragraph on stderr, exit code 2, no traceback. A write the machine
@@ -44,20 +50,17 @@ def user_errors() -> Iterator[None]:
         yield
     except UserError as e:
         # escape: the message quotes user input, and `model=[/]` is not Rich markup
-        err.print(f"[bold red]Error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        _stop(f"[bold red]Error:[/] {escape(str(e))}", 2)
     except OSError as e:
         problem = storage_failure(e)
         if problem is None:
             raise
-        err.print(
+        _stop(
             f"[bold red]Error:[/] {escape(problem)}. Free some space, or give a writable "
             f"output_dir=. Files already written stay whole: nnlab replaces a run's files only "
             f"with complete new versions.",
-            highlight=False,
-            soft_wrap=True,
+            1,
         )
-        raise typer.Exit(1) from None
 
 
 def _fmt(value: Any) -> str:
@@ -167,14 +170,14 @@ def train(
             configs = [(compose_config(c), label, c, None) for label, c in combinations]
 
         _show_gradient_warnings_plainly()
+        rank = process_rank()  # a distributed run's other processes leave reporting to the first
         results = []
         for (cfg, choices), label, combination, resumed in configs:
             try:
                 result = run_training(cfg, choices, combination, resume=resumed)
                 results.append((result, choices, label, combination))
             except TrainingError as e:
-                rank = process_rank()  # the others of a distributed run write no error.log
-                where = f" in process {rank}" if rank else ""
+                where = f" in process {rank}" if rank else ""  # which writes no error.log
                 err.print(
                     f"[bold red]Training failed{where}:[/] {escape(str(e))}",
                     highlight=False,
@@ -187,17 +190,15 @@ def train(
                 if not many:
                     raise typer.Exit(1) from None
             except RunInterrupted as e:
-                if process_rank():
+                if rank:
                     raise typer.Exit(130) from None  # the first process says how to resume
-                err.print(
+                _stop(
                     f"[bold yellow]Interrupted[/] after {e.epochs_done} complete epochs. "
                     f"{e.run_dir}/checkpoints/last.ckpt keeps the last one; continue with: "
                     f"nnlab train --resume {e.run_dir}",
-                    highlight=False,
-                    soft_wrap=True,
+                    130,
                 )
-                raise typer.Exit(130) from None
-    if process_rank() != 0:
+    if rank:
         return  # the other processes of a distributed run: the first one reports
     if experiment is not None:
         _print_experiment(experiment, results, configs[0][0][0].output_dir)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -92,15 +94,23 @@ def checkpoint_of(run: Path) -> Path:
     )
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    # Write then rename so a crash never leaves half a metrics file.
-    tmp = path.with_suffix(path.suffix + ".tmp")
+@contextmanager
+def written_whole(path: Path) -> Iterator[Path]:
+    """A file beside `path` for the block to write; renamed over `path` when the block ends, or
+    removed when it fails. A crash or a full disk then leaves the old file whole, and no
+    half-written one behind."""
+    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        yield tmp
         tmp.replace(path)
     except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written .tmp behind
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    with written_whole(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:

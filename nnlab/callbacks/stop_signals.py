@@ -16,10 +16,10 @@ class StopSignals(pl.Callback):
     before Lightning's own handling runs.
 
     A cluster's time limit, and Ctrl-C in a terminal, signal every process of a distributed run
-    at once. Lightning's SIGTERM handler then broadcasts from the first process, and a process
-    whose peers have already stopped sees that (or its next) collective fail with a connection
-    error: part of the stop, not a failure of its own. Wrapped on train start, after Lightning
-    installs its handlers; Lightning restores SIGTERM's after the fit, and train() SIGINT's.
+    at once, and a process whose peers have already stopped sees its next collective fail with a
+    connection error: part of the stop, not a failure of its own. Wrapped on train start, after
+    Lightning installs its handlers; Lightning restores SIGTERM's after the fit, and train()
+    SIGINT's.
     """
 
     def __init__(self) -> None:
