@@ -92,7 +92,10 @@ class DeferredCheckpointIO(TorchCheckpointIO):
         weights_only: bool | None = None,
     ) -> dict[str, Any]:
         self.flush()
-        return super().load_checkpoint(path, map_location, weights_only)
+        # torch's safe loader whatever the caller asks: a checkpoint never runs code, and
+        # nnlab's own hold only tensors and plain values (restore.load_checkpoint reads
+        # them first and explains a refusal).
+        return super().load_checkpoint(path, map_location, weights_only=True)
 
     def remove_checkpoint(self, path: Any) -> None:
         self._pending.pop(str(path), None)

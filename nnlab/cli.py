@@ -155,21 +155,23 @@ def train(
             for label in labels
             for c in (sweeps.expand_multirun(overrides) if multirun else [overrides])
         ]
-        from nnlab.train import RunInterrupted, TrainingError, process_rank, run_to_resume
+        from nnlab.restore import run_to_resume
+        from nnlab.train import RunInterrupted, TrainingError, process_rank
         from nnlab.train import train as run_training
 
+        _show_warnings_plainly()
         if resume:
             from nnlab.config import take_argument
 
             output_dirs, _ = take_argument(overrides, "output_dir")  # the last one wins
             output_dir = output_dirs[-1] if output_dirs else "outputs"
-            run_dir, cfg, choices = run_to_resume(resume, overrides, output_dir)
-            configs = [((cfg, choices), "", overrides, run_dir)]
+            # the overrides given when resuming (more epochs, ...) join the run's own
+            run_dir, cfg, choices, every = run_to_resume(resume, overrides, output_dir)
+            configs = [((cfg, choices), "", every, run_dir)]
         else:
             # Every combination must compose before the first run starts.
             configs = [(compose_config(c), label, c, None) for label, c in combinations]
 
-        _show_gradient_warnings_plainly()
         rank = process_rank()  # a distributed run's other processes leave reporting to the first
         results = []
         for (cfg, choices), label, combination, resumed in configs:
@@ -250,19 +252,21 @@ def _print_experiment(experiment: Any, results: list[tuple[Any, ...]], output_di
         out.print(f"Comparison table (Markdown): {path}", highlight=False, soft_wrap=True)
 
 
-def _show_gradient_warnings_plainly() -> None:
-    """Gradient-flow warnings are advice for the user: one readable line, no source excerpt.
-    Installed once per process (train may run many times in one, as in tests)."""
+def _show_warnings_plainly() -> None:
+    """Gradient-flow warnings and notes on saved configs are for the user: one readable line,
+    no source excerpt. Installed once per process (train may run many times in one, as in
+    tests)."""
     import warnings
 
     from nnlab.callbacks.grad_flow import GradientFlowWarning
+    from nnlab.config import FilledFromDefaults
 
     original = warnings.showwarning
     if getattr(original, "nnlab_plain", False):
         return
 
     def show(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
-        if issubclass(category, GradientFlowWarning):
+        if issubclass(category, GradientFlowWarning | FilledFromDefaults):
             err.print(f"[bold yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
         else:
             original(message, category, *args, **kwargs)
@@ -292,6 +296,7 @@ def eval_(
     with user_errors():
         from nnlab.train import evaluate
 
+        _show_warnings_plainly()
         result = evaluate(target, overrides or [], str(output_dir))
     keys = [*_stage_keys(result.metrics, ("test/",)), "epoch", "params", "wall_time_s"]
     out.print(results_table(f"eval {result.metrics['checkpoint']}", result.metrics, keys))
@@ -360,16 +365,29 @@ def sweep(
     trials: int | None = typer.Option(None, min=1, help="Total trials across all workers [20]."),
     jobs: int = typer.Option(1, min=1, help="Worker processes on this machine."),
     name: str | None = typer.Option(None, help="Sweep name: outputs/sweeps/<name>/ [sweep]."),
-    sampler: str = typer.Option("tpe", help="tpe, random or grid."),
-    pruner: str = typer.Option("median", help="median or none."),
+    sampler: str | None = typer.Option(
+        None, help="tpe, random or grid [tpe; with --resume, the stored one]."
+    ),
+    pruner: str | None = typer.Option(
+        None, help="median or none [median; with --resume, the stored one]."
+    ),
     storage: str | None = typer.Option(
         None, help="Optuna RDB URL (postgresql://..., sqlite:///...); default: a journal file."
     ),
     study: str | None = typer.Option(None, help="Study name in the storage [the sweep name]."),
     seed: int = typer.Option(0, help="Sampler seed."),
     output_dir: Path = typer.Option(Path("outputs"), help="Where runs and sweeps live."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the existing study of this name as stored (its search space, metric "
+        "and settings); never start a new one. A different search space is refused.",
+    ),
 ) -> None:
     """Search hyperparameters with Optuna; every trial is a normal run. Re-run to resume.
+
+    A sweep is its search space: the same command again resumes it; a different space under the
+    same --name is refused (choose another --name).
 
     Examples:
 
@@ -381,12 +399,20 @@ def sweep(
       nnlab sweep 'norm=none,batch,layer' sweep.metric=val/loss --sampler grid
 
       nnlab sweep sweep=mlp_digits --storage postgresql://user@db/nnlab --study mlp
+
+      nnlab sweep --name mlp_digits --resume --trials 30   # same space, more trials
     """
     with user_errors():
         from nnlab import runs
         from nnlab import sweep as sweeps
 
         settings, arguments = _sweep_arguments(space or [])
+        sweep_name = name or str(settings.get("name", "sweep"))
+        if resume and not arguments:  # continue the study as stored: its space and settings
+            stored, arguments = sweeps.stored_settings(sweep_name, study, storage, str(output_dir))
+            settings = {**stored, **settings}
+        sampler = sampler or str(settings.get("sampler", "tpe"))
+        pruner = pruner or str(settings.get("pruner", "median"))
         distributions, grid, fixed = sweeps.parse_space(arguments)
         metric = str(settings.get("metric", "val/acc"))
         lower = runs.lower_is_better(metric)
@@ -394,7 +420,7 @@ def sweep(
         if sampler == "grid":
             total = min(total, math.prod(len(v) for v in grid.values()) if grid else total)
         job = sweeps.Sweep(
-            name=name or str(settings.get("name", "sweep")),
+            name=sweep_name,
             space=distributions,
             grid=grid,
             fixed=fixed,
@@ -408,15 +434,19 @@ def sweep(
             output_dir=str(output_dir),
             seed=seed,
             threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0,
+            swept=[a for a in arguments if a not in fixed],
+            resume=resume,
         )
         sweeps.check(job)
+        prepared = sweeps.prepare(job)  # refuses another search under this name: nothing written
+        where = sweeps.mask_url(job.storage) if job.storage else job.directory / sweeps.JOURNAL
         out.print(
             f"Sweep {job.name}: {job.trials} trials, {jobs} worker(s), {job.sampler} sampler, "
-            f"{job.direction} {job.metric}. Study: {job.storage or job.directory / sweeps.JOURNAL}",
+            f"{job.direction} {job.metric}. Study: {where}",
             highlight=False,
         )
         try:
-            result = sweeps.run(job, jobs)
+            result = sweeps.run(job, jobs, prepared)
         except KeyboardInterrupt:
             err.print("Sweep stopped. Run the same command again to resume it.")
             raise typer.Exit(130) from None
@@ -440,9 +470,11 @@ def _print_sweep(job: Any, study: Any, best_file: Path | None) -> None:
     _print_wide(table)
     states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     out.print(", ".join(f"{n} {s}" for s, n in states.items() if n), highlight=False)
+    reruns = {t.user_attrs.get("retry_of"): t.number for t in trials}
     for t in trials:
         if t.state == TrialState.FAIL:
-            why = "interrupted (will be rerun)" if t.user_attrs.get("interrupted") else ""
+            rerun = f"rerun as trial {reruns[t.number]}" if t.number in reruns else "will be rerun"
+            why = f"interrupted ({rerun})" if t.user_attrs.get("interrupted") else ""
             out.print(
                 f"failed trial {t.number}: {why or t.user_attrs.get('error', '?')}",
                 highlight=False,
@@ -608,10 +640,19 @@ def runs_(
 @app.command()
 def board(
     port: int = typer.Option(6006, help="Port to serve on; 0 picks a free one."),
-    host: str = typer.Option("127.0.0.1", help="Interface; 0.0.0.0 shares it on the network."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        help="Interface to serve on. The default serves this machine only; any other address "
+        "(0.0.0.0 is every one) lets everyone who reaches it read every run: TensorBoard has "
+        "no login.",
+    ),
     output_dir: Path = typer.Option(Path("outputs"), help="Where runs live."),
 ) -> None:
     """Start TensorBoard on every run under outputs/ and print its URL; Ctrl-C stops it.
+
+    TensorBoard has no authentication: to look from another machine, keep the default --host
+    and tunnel over SSH (ssh -L 6006:127.0.0.1:6006 you@this-machine, then open
+    http://localhost:6006) rather than serving on a network address.
 
     Examples:
 
@@ -619,8 +660,14 @@ def board(
 
       nnlab board --port 6007 --output-dir /mnt/experiments
     """
+    import ipaddress
     import time
+    from urllib.parse import urlsplit
 
+    try:
+        local = host.lower() == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: only localhost is sure to stay on this machine
+        local = False
     with user_errors():
         if not output_dir.is_dir():
             raise UserError(
@@ -640,6 +687,19 @@ def board(
                 f"TensorBoard cannot serve on {host}:{port} ({e.msg}). Choose another port with "
                 f"--port, or --port 0 for any free one."
             ) from None
+    if not local:
+        port = urlsplit(url).port or port  # the one picked when --port 0
+        shown = f"[{host}]" if ":" in host and not host.startswith("[") else host  # IPv6
+        err.print(
+            f"[bold yellow]Warning:[/] TensorBoard has no authentication: anyone who can reach "
+            f"{escape(shown)}:{port} can read every run in {escape(str(output_dir))} (configs, "
+            f"metrics, sample images). Unless that network is yours alone, stop it (Ctrl-C), "
+            f"keep the default --host 127.0.0.1 and reach it from your machine through an SSH "
+            f"tunnel: ssh -L 6006:127.0.0.1:{port} you@this-machine, then open "
+            f"http://localhost:6006.",
+            highlight=False,
+            soft_wrap=True,
+        )
     out.print(f"TensorBoard: {url}  (runs in {output_dir}; Ctrl-C stops it)", highlight=False)
     try:
         while True:
@@ -692,6 +752,9 @@ def predict(
 ) -> None:
     """Detect objects with a trained model=faster_rcnn run: writes each image with its boxes
     drawn, and detections.json (class, score, box as x0 y0 x1 y1 pixels) per image.
+
+    Images over 64 megapixels (raise with NNLAB_MAX_IMAGE_PIXELS), or not PNG, JPEG, BMP, GIF,
+    TIFF, WebP or PPM, are refused before anything is decoded.
 
     Examples:
 

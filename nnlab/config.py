@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import warnings
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from nnlab.errors import UserError, choice_error, did_you_mean
-from nnlab.schemas import SCHEMAS, TrainSchema
+from nnlab.schemas import SCHEMAS, TrainSchema, missing_sections
 
 PRIMARY = "train"
+
+
+class FilledFromDefaults(UserWarning):
+    """A saved config lacked keys that today's defaults filled: said, never silent."""
+
+
 # Keys Hydra reads to build objects: a group choice sets them, and a wrong one fails deep inside
 # instantiate, so overriding them is refused up front.
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
@@ -137,17 +145,29 @@ def compose_config(overrides: list[str] | None = None) -> tuple[DictConfig, dict
 
 
 def validate(cfg: DictConfig, choices: dict[str, str]) -> None:
-    """Check types and bounds of every node that has a schema; UserError on the first fault."""
+    """Check types and bounds of every node that has a schema, and that every group is there
+    with the `_target_` of its chosen option; UserError on the first fault."""
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
         raise UserError(f"Cannot resolve the config: {err}") from None
+    _check_targets(resolved)
     top = {k: v for k, v in resolved.items() if k not in SCHEMAS}
     _check_node(top, TrainSchema, "")
     for group, by_choice in SCHEMAS.items():
-        schema = by_choice.get(choices.get(group, ""), by_choice.get("*"))
-        if schema is not None and group in resolved:
-            _check_node(resolved[group], schema, f"{group}.")
+        if not isinstance(resolved.get(group), dict):
+            raise UserError(f"The config has no '{group}' section (a mapping of its settings).")
+        choice = choices.get(group, "")
+        schema = by_choice.get(choice, by_choice.get("*"))
+        if schema is None:
+            raise choice_error(f"{group} choice", choice, groups().get(group, []))
+        _check_node(resolved[group], schema, f"{group}.")
+        own = preset_node(group, choice).get("_target_")
+        if resolved[group].get("_target_") != own:
+            raise UserError(
+                f"{group}._target_ is '{resolved[group].get('_target_')}', but {group}={choice} "
+                f"builds '{own}'."
+            )
     model, data = resolved.get("model") or {}, resolved.get("data") or {}
     if (
         choices.get("model") == "mlp"
@@ -160,6 +180,69 @@ def validate(cfg: DictConfig, choices: dict[str, str]) -> None:
             "data.batch_size=1. Use data.batch_size=2 or more, or norm=layer / norm=group, "
             "which normalize each sample on its own."
         )
+
+
+@functools.cache
+def known_targets() -> frozenset[str]:
+    """Every `_target_` in the packaged conf/: the only code a config may name."""
+    return frozenset(
+        preset_node(group, choice)["_target_"]
+        for group, choices in groups().items()
+        for choice in choices
+        if "_target_" in preset_node(group, choice)
+    )
+
+
+def _check_targets(node: Any, where: str = "") -> None:
+    """A `_target_` anywhere in the config must be one of nnlab's own: Hydra would import and
+    call whatever it names (shutil.copyfile, torch.load of a pickle, ...)."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_targets(item, f"{where}[{i}]")
+    if not isinstance(node, dict):
+        return
+    for key, value in node.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key == "_target_" and value not in known_targets():
+            raise UserError(
+                f"{path} is '{value}', which is not one of nnlab's own targets, so nnlab will "
+                f"not import or call it: a config read from a file may only name what nnlab's "
+                f"own conf/ does ({', '.join(sorted(known_targets()))})."
+            )
+        _check_targets(value, path)
+
+
+def preset_node(group: str, choice: str) -> dict[str, Any]:
+    """What conf/<group>/<choice>.yaml puts under `group` (its own node, or the `group:` part
+    of a `@package _global_` preset such as model=gan), uninterpolated; {} if there is none."""
+    path = conf_dir() / group / f"{choice}.yaml"
+    if not path.is_file():
+        return {}
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    raw.pop("defaults", None)
+    is_global = path.read_text().lstrip().startswith("# @package _global_")
+    node = raw.get(group, {}) if is_global else raw
+    return node if isinstance(node, dict) else {}
+
+
+def infer_choices(saved: dict[str, Any]) -> dict[str, str]:
+    """The group choices a saved config was composed from, for a run whose record of them is
+    gone (a lone checkpoint): per group, the option with the same `_target_` whose settings
+    agree most with the saved ones (the default option wins ties)."""
+    defaults = default_choices()
+    choices: dict[str, str] = {}
+    for group, options in groups().items():
+        node = saved.get(group)
+        if group not in defaults or not isinstance(node, dict):
+            continue
+
+        def agreement(choice: str, node: dict[str, Any] = node, group: str = group) -> tuple:
+            preset = preset_node(group, choice)
+            same = sum(node.get(k) == v for k, v in preset.items() if k != "_target_")
+            return (preset.get("_target_") == node.get("_target_"), same, choice == defaults[group])
+
+        choices[group] = max(options, key=agreement)
+    return choices
 
 
 def _check_node(node: dict[str, Any], schema: type, prefix: str) -> None:
@@ -242,36 +325,71 @@ def take_argument(arguments: list[str], key: str) -> tuple[list[str], list[str]]
 
 
 def saved_run_config(
-    saved: DictConfig, choices: dict[str, str], overrides: list[str], written_by: str | None
-) -> DictConfig:
-    """A run's saved config brought up to this nnlab, with key=value overrides applied.
+    saved: dict[str, Any],
+    choices: dict[str, str] | None,
+    overrides: list[str],
+    written_by: str | None,
+    source: str,
+) -> tuple[DictConfig, dict[str, str]]:
+    """A saved run's config (read from `source`) checked exactly as a command line's, brought up
+    to this nnlab, with key=value overrides applied; and its group choices.
 
-    Keys added to nnlab since the run was written take today's defaults (so older runs still
-    evaluate and resume); keys this nnlab does not know, or values it rejects, are a UserError
-    that names both versions.
+    Nothing in it is trusted: `_target_`s must be nnlab's own (checked before anything else) and
+    the schemas apply. Keys added to nnlab since the run was written take today's defaults (so
+    older runs still evaluate and resume), with a FilledFromDefaults warning that names them; a
+    missing section means the file was cut short. Faults are a UserError naming `source` (and
+    both versions, if they differ).
     """
     import nnlab
 
+    same_version = written_by in (None, nnlab.__version__)
     try:
-        cfg = saved
-        if choices:
-            known = groups()
-            # unvalidated: mandatory keys (data.root) are filled by the saved config below
-            base = _compose([f"{g}={c}" for g, c in choices.items() if g in known])
-            cfg = OmegaConf.merge(base, saved)
-        cfg = apply_overrides(cfg, overrides)
+        _check_targets(saved)
+        choices = dict(choices) if choices else infer_choices(saved)
+        unknown = {g: c for g, c in choices.items() if c not in groups().get(g, [c])}
+        if unknown:
+            group, choice = next(iter(unknown.items()))
+            raise choice_error(f"{group} choice", choice, groups()[group])
+        # unvalidated: mandatory keys (data.root) are filled by the saved config below
+        base = _compose([f"{g}={c}" for g, c in choices.items() if g in groups()])
+        absent = missing_sections(saved)
+        if absent:
+            raise UserError(
+                f"It has no {', '.join(absent)} section: every run's config has them all, so "
+                f"the file was cut short or edited."
+            )
+        missing = _missing_keys(OmegaConf.to_container(base, resolve=False), saved)
+        if missing:
+            warnings.warn(
+                f"{source} lacks {', '.join(missing)}: today's defaults fill them (the run was "
+                f"written before nnlab had them, or the file was edited).",
+                FilledFromDefaults,
+                stacklevel=2,
+            )
+        cfg = apply_overrides(OmegaConf.merge(base, saved), overrides)
         validate(cfg, choices)
     except (UserError, OmegaConfBaseException) as err:
         if isinstance(err, OmegaConfBaseException):
-            err = UserError(f"Its config has {type(err).__name__}: {str(err).splitlines()[0]}.")
-        if written_by and written_by != nnlab.__version__:
+            err = UserError(f"It has {type(err).__name__}: {str(err).splitlines()[0]}.")
+        if not same_version:
             raise UserError(
-                f"This run was written by nnlab {written_by} and does not fit nnlab "
+                f"{source} was written by nnlab {written_by} and does not fit nnlab "
                 f"{nnlab.__version__}: {err} Use nnlab {written_by} for it "
                 f"(pip install nnlab=={written_by}), or train it again."
             ) from None
-        raise err from None
-    return cfg
+        raise UserError(f"{source}: {err}") from None
+    return cfg, choices
+
+
+def _missing_keys(base: dict[str, Any], saved: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of `base` that `saved` does not have."""
+    missing = []
+    for key, value in base.items():
+        if key not in saved:
+            missing.append(f"{prefix}{key}")
+        elif isinstance(value, dict) and isinstance(saved[key], dict):
+            missing += _missing_keys(value, saved[key], f"{prefix}{key}.")
+    return missing
 
 
 def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:

@@ -9,14 +9,15 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from nnlab import runs
 from nnlab.errors import UserError
+from nnlab.images import check_image, read_rgb
 from nnlab.models.detection import BUILDER, detections
+from nnlab.restore import saved_run
 from nnlab.tasks.detection import CHECKPOINT_KEY, draw
-from nnlab.train import saved_run
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PREDICTIONS = "predictions"  # <run>/predictions/: drawn images and detections.json
@@ -84,11 +85,7 @@ def load_detector(target: str, output_dir: str = "outputs") -> tuple[Any, list[s
 
 
 def _read(path: Path) -> torch.Tensor:
-    try:
-        with Image.open(path) as image:
-            return pil_to_tensor(image.convert("RGB")).float().div_(255.0)
-    except (UnidentifiedImageError, OSError) as err:
-        raise UserError(f"Cannot read {path} as an image: {err}") from None
+    return pil_to_tensor(read_rgb(path)).float().div_(255.0)
 
 
 def predict(
@@ -102,6 +99,8 @@ def predict(
     (boxes as x0, y0, x1, y1 pixels of the original image) into `out_dir`
     (default <run>/predictions/)."""
     files = image_files(paths)  # bad paths fail before the model loads
+    for path in files:
+        check_image(path)  # so do oversized or foreign files: nothing is drawn for any of them
     model, names, run_dir, ckpt = load_detector(target, output_dir)
     out_dir = out_dir or run_dir / PREDICTIONS
     out_dir.mkdir(parents=True, exist_ok=True)

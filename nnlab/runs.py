@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from nnlab import locks
 from nnlab.errors import UserError, did_you_mean
 
 RUNS = "runs"
@@ -22,6 +26,19 @@ BEST = "best.ckpt"
 LAST = "last.ckpt"
 TB = "tb"
 SAMPLES = "samples.png"  # GAN runs: a grid of generated images
+LOCK = ".lock"  # held by the process that writes the run: "<host> <pid>"
+
+
+class DamagedRun(UserError):
+    """A run file that is missing, cut short or not what nnlab writes: commands on that run stop
+    (exit 2) rather than guess its contents; `nnlab runs` lists it as damaged."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(
+            f"{path} is damaged: {reason}. nnlab does not guess what a run's files held: restore "
+            f"the file from a copy of the run, or train the run again."
+        )
 
 
 def runs_root(output_dir: str | Path) -> Path:
@@ -101,6 +118,7 @@ def written_whole(path: Path) -> Iterator[Path]:
     half-written one behind."""
     tmp = path.with_name(path.name + ".tmp")
     try:
+        tmp.unlink(missing_ok=True)  # a link planted at this name goes; what it points to stays
         yield tmp
         tmp.replace(path)
     except BaseException:
@@ -108,13 +126,78 @@ def written_whole(path: Path) -> Iterator[Path]:
         raise
 
 
+def refuse_links(run: Path) -> None:
+    """UserError when the run directory holds a symbolic link: commands write into a run (eval.json,
+    samples, predictions, a resumed run's files), and a link in a run from elsewhere could point
+    them at any file of the user's."""
+    for path in run.resolve().rglob("*"):  # the run itself may be a link of the user's
+        if path.is_symlink():
+            raise UserError(
+                f"{path} is a symbolic link. nnlab writes into run directories and does not "
+                f"write through links, which could point anywhere: replace the link with a copy "
+                f"of what it points to, if you trust it, or delete it."
+            )
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     with written_whole(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_yaml(path: Path, data: dict[str, Any]) -> None:
+    from omegaconf import OmegaConf
+
+    with written_whole(path) as tmp:
+        OmegaConf.save(OmegaConf.create(data), tmp)
+
+
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _read_mapping(path: Path, parse: Any) -> dict[str, Any]:
+    """A run file that must hold a non-empty mapping; DamagedRun when it does not."""
+    try:
+        data = parse(path.read_text())
+    except FileNotFoundError:
+        raise DamagedRun(path, "the file is missing") from None
+    except (OSError, ValueError) as err:  # yaml's and json's errors are ValueErrors
+        raise DamagedRun(path, f"{type(err).__name__}: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not data:
+        kind = "empty" if not data else f"a {type(data).__name__}, not a mapping"
+        raise DamagedRun(path, f"the file is {kind}")
+    return data
+
+
+def read_metrics(run: Path) -> dict[str, Any]:
+    """The run's metrics.json (status, group choices, metrics); DamagedRun if unreadable."""
+    return _read_mapping(run / METRICS, json.loads)
+
+
+def read_config(run: Path) -> dict[str, Any]:
+    """The run's config.yaml as plain data; DamagedRun if unreadable or empty."""
+    import yaml
+
+    from nnlab.schemas import missing_sections
+
+    try:
+        config = _read_mapping(run / CONFIG, yaml.safe_load)
+    except RecursionError:  # a hostile file of deeply nested brackets
+        raise DamagedRun(run / CONFIG, "it is nested too deeply to be a config") from None
+    absent = missing_sections(config)
+    if absent:
+        raise DamagedRun(run / CONFIG, f"it has no {', '.join(absent)} section (cut short?)")
+    return config
+
+
+def read_overrides(run: Path) -> list[str]:
+    """What the user typed for the run (overrides.yaml); DamagedRun if unreadable."""
+    import yaml
+
+    overrides = _read_mapping(run / OVERRIDES, yaml.safe_load).get("overrides")
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise DamagedRun(run / OVERRIDES, "its 'overrides' is not a list of key=value strings")
+    return overrides
 
 
 def lower_is_better(metric: str) -> bool:
@@ -134,20 +217,64 @@ def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def summary(run: Path) -> dict[str, Any]:
-    """What `nnlab runs` shows about one run: its metrics.json plus name, date and settings."""
-    import yaml
-
-    metrics = read_json(run / METRICS)
-    config = yaml.safe_load((run / CONFIG).read_text()) or {}
+    """What `nnlab runs` shows about one run: its metrics.json plus name, date and settings.
+    A damaged run is listed as such, with the file and the reason, and never stops the list."""
+    head = {"run": run.name, "date": run.name[:19].replace("_", " ")}
+    try:
+        config, metrics = read_config(run), read_metrics(run)
+    except DamagedRun as err:
+        return {**head, "status": f"damaged: {err.path.name}: {err.reason}", "settings": {}}
     settings = _flatten(config)
-    settings.update(metrics.get("choices", {}))  # model=cnn matches the group choice
-    return {
-        "run": run.name,
-        "date": run.name[:19].replace("_", " "),
-        "status": metrics.get("status", "unknown"),
-        "settings": settings,
-        **{k: v for k, v in metrics.items() if k not in ("choices", "versions")},
-    }
+    choices = metrics.get("choices")
+    settings.update(choices if isinstance(choices, dict) else {})  # model=cnn: the group choice
+    status = str(metrics.get("status", "unknown"))
+    if status == "running" and holder(run) is None:
+        status = "killed"  # its process ended without a word: SIGKILL, power loss, OOM killer
+    extra = {k: v for k, v in metrics.items() if k not in ("choices", "versions", "status")}
+    return {**head, "status": status, "settings": settings, **extra}
+
+
+# -- one writer per run ------------------------------------------------------------------------
+def holder(run: Path) -> str | None:
+    """'<host> <pid>' of the live process that writes the run, or None when none does."""
+    if locks.is_free(run / LOCK):
+        return None  # no lock file, or one that outlived a killed writer
+    try:
+        return (run / LOCK).read_text().strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+@contextmanager
+def locked(run: Path, patience_s: float = 2.0) -> Iterator[None]:
+    """Hold the run's lock while the block writes it; UserError naming the holder when another
+    live process has it. A lock left by a dead process is taken over."""
+    path = run / LOCK
+    deadline = time.monotonic() + patience_s
+    while True:
+        handle = open(path, "a+")  # held for the whole block: the lock lives on it
+        if locks.try_lock(handle.fileno()):
+            with suppress(FileNotFoundError):
+                if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                    break  # else its holder removed it as we opened it: take the new one
+        handle.close()
+        if time.monotonic() > deadline:  # `nnlab runs` looks at a lock only for an instant
+            raise UserError(
+                f"{run} is being written by process {holder(run) or '?'} (host, PID): a run "
+                f"has one writer at a time. Wait for that process to end, or stop it, then try "
+                f"again."
+            )
+        time.sleep(0.05)
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{socket.gethostname()} {os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        with suppress(OSError):
+            path.unlink()  # still locked: a writer waiting on this file finds it gone, retries
+        handle.close()
 
 
 def _matches(value: Any, wanted: str) -> bool:

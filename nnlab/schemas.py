@@ -344,3 +344,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "logger": {"*": LoggerSchema},
     "callbacks": {"*": CallbacksSchema},
 }
+
+
+def missing_sections(config: dict[str, Any]) -> list[str]:
+    """The groups a whole saved config has and `config` lacks (as mappings): a file cut short."""
+    return [group for group in SCHEMAS if not isinstance(config.get(group), dict)]

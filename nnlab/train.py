@@ -40,7 +40,7 @@ from nnlab.tasks import gan as gan_task
 from nnlab.tasks.classification import ClassificationTask
 from nnlab.tasks.detection import DetectionTask
 from nnlab.tasks.sequence import RegressionTask
-from nnlab.tasks.supervised import LeanModule, SupervisedTask
+from nnlab.tasks.supervised import SupervisedTask
 
 
 class TrainingError(Exception):
@@ -250,6 +250,7 @@ def _trainer(
 ) -> pl.Trainer:
     from pytorch_lightning.callbacks import EarlyStopping
 
+    from nnlab.distributed import single_machine_strategy
     from nnlab.logger import TensorBoard
 
     args = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -262,6 +263,8 @@ def _trainer(
         for split in ("train", "val", "test"):
             del args[f"limit_{split}_batches"]
     args = {k: v for k, v in args.items() if not (k.startswith("limit_") and v is None)}
+    # one machine: the rendezvous listens on loopback only (nnlab/distributed.py says why)
+    args["strategy"] = single_machine_strategy(args["strategy"], args["num_nodes"])
     # Validate at least once (at the end), or no metric would ever pick best.ckpt.
     args["check_val_every_n_epoch"] = min(args["check_val_every_n_epoch"], args["max_epochs"])
     monitor = cfg.callbacks.monitor or task.monitor[0]
@@ -325,19 +328,11 @@ def _trainer(
     return trainer
 
 
-def _recorded(run_dir: Path) -> dict[str, Any]:
-    """A run's metrics.json; empty when it is missing or damaged (a run killed hard)."""
-    try:
-        return runs.read_json(run_dir / runs.METRICS)
-    except (OSError, ValueError):
-        return {}
-
-
 def _times_so_far(run_dir: Path) -> dict[str, float]:
     """The fit and wall time a run spent before this session, from its metrics.json: a resumed
     run reports its whole training time, as `nnlab runs` compares runs by it. An interrupted
     session wrote no fit time; its wall time, counted from the fit's start, is all fitting."""
-    before = _recorded(run_dir)
+    before = runs.read_metrics(run_dir)
     wall = before.get("wall_time_s", 0.0)
     return {"fit_time_s": before.get("fit_time_s", wall), "wall_time_s": wall}
 
@@ -352,7 +347,8 @@ def run_name(cfg: DictConfig, choices: dict[str, str]) -> str:
 
 def _save_samples(task: pl.LightningModule, directory: Path) -> None:
     if isinstance(task, gan_task.GanTask):
-        task.save_grid(directory / runs.SAMPLES)
+        with runs.written_whole(directory / runs.SAMPLES) as partial:
+            task.save_grid(partial)
 
 
 def train(
@@ -367,42 +363,75 @@ def train(
 
     `runs_dir` puts the run directory somewhere other than <output_dir>/runs (sweep trials);
     `callbacks` are added to the trainer's own; `resume` continues that run directory from its
-    checkpoints/last.ckpt (see run_to_resume).
+    checkpoints/last.ckpt (see restore.run_to_resume), and `overrides` are then all of the run's.
+    The first process holds the run's lock while it trains: one writer per run.
     """
     _quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Everything that can reject the user's input happens before the run directory exists.
     datamodule, task = build(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-
     lead = process_rank() == 0  # only the first process of a distributed run writes files
-    earlier = {"fit_time_s": 0.0, "wall_time_s": 0.0}  # a resumed run's earlier sessions
     shared = os.environ.get(RUN_DIR_ENV)
-    if resume is None and shared:
+    if resume is not None:
+        run_dir = resume
+    elif shared:
         # a distributed run: every process trains, in the one directory the first one made
-        run_dir, ckpt_path = Path(shared), None
+        run_dir = Path(shared)
         run_dir.mkdir(parents=True, exist_ok=True)
-    elif resume is None:
-        run_dir = _new_run_dir(runs_dir or runs.runs_root(cfg.output_dir), run_name(cfg, choices))
-        ckpt_path = None
     else:
-        run_dir, ckpt_path = resume, str(resume / runs.CHECKPOINTS / runs.LAST)
-        earlier = _times_so_far(run_dir)
-        # the overrides given when resuming (more epochs, ...) join the run's own
-        before = OmegaConf.load(run_dir / runs.OVERRIDES).get("overrides", [])
-        overrides = [*before, *overrides]
-    if lead:
-        OmegaConf.save(OmegaConf.create(resolved), run_dir / runs.CONFIG)
-        OmegaConf.save(OmegaConf.create({"overrides": list(overrides)}), run_dir / runs.OVERRIDES)
+        run_dir = _new_run_dir(runs_dir or runs.runs_root(cfg.output_dir), run_name(cfg, choices))
+    with runs.locked(run_dir) if lead else contextlib.nullcontext():
+        run = _RunFiles(run_dir, cfg, overrides, lead, resumed=resume is not None)
+        return _fit(cfg, choices, run, datamodule, task, callbacks or [])
 
-    def record() -> None:
-        if lead:
-            runs.write_json(run_dir / runs.METRICS, summary)
 
+class _RunFiles(pl.Callback):
+    """Writes a run's config.yaml, overrides.yaml and metrics.json, each replaced whole. A new
+    run's are written once its trainer is built; a resumed run's only when its training starts
+    (Lightning has restored the checkpoint by then): a resume that is refused or fails before
+    leaves every file of the run as it was."""
+
+    def __init__(
+        self, run_dir: Path, cfg: DictConfig, overrides: list[str], lead: bool, resumed: bool
+    ) -> None:
+        self.run_dir, self.lead, self.resumed = run_dir, lead, resumed
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+        self.overrides = list(overrides)
+        self.started = False
+        self.summary: dict[str, Any] = {}
+
+    def start(self, summary: dict[str, Any]) -> None:
+        self.summary, self.started = summary, True
+        if self.lead:
+            runs.write_yaml(self.run_dir / runs.CONFIG, self.config)
+            runs.write_yaml(self.run_dir / runs.OVERRIDES, {"overrides": self.overrides})
+        self.record(summary)
+
+    def record(self, summary: dict[str, Any]) -> None:
+        if self.lead and self.started:
+            runs.write_json(self.run_dir / runs.METRICS, summary)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.resumed and not self.started:
+            self.start(self.summary)
+
+
+def _fit(
+    cfg: DictConfig,
+    choices: dict[str, str],
+    run: _RunFiles,
+    datamodule: pl.LightningDataModule,
+    task: pl.LightningModule,
+    callbacks: list[pl.Callback],
+) -> Result:
+    """Fit, pick the best checkpoint, validate and test it; the run's files record each stage."""
+    run_dir, lead, resolved = run.run_dir, run.lead, run.config
+    ckpt_path = str(run_dir / runs.CHECKPOINTS / runs.LAST) if run.resumed else None
+    earlier = _times_so_far(run_dir) if run.resumed else {"fit_time_s": 0.0, "wall_time_s": 0.0}
     try:
         task.config_stamp = {"config": resolved, "version": nnlab.__version__}
         stop = StopSignals()
-        extra = [*(callbacks or []), stop]
+        extra = [*callbacks, stop, run]
         flow = None
         if cfg.callbacks.grad_flow and isinstance(task, SupervisedTask):
             flow = GradientFlow(every=cfg.callbacks.grad_flow_every)
@@ -410,9 +439,9 @@ def train(
         trainer = _trainer(cfg, run_dir, task, extra)
     except Exception as err:
         # Only bad trainer settings fail here (accelerator=gpu without a GPU, an unknown
-        # argument, ...): the directory made a moment ago holds nothing but the config, so it
-        # goes rather than litter outputs/ (a resumed run's directory stays, of course).
-        if resume is None and lead:
+        # argument, ...): a new run's directory, made a moment ago, holds nothing yet, so it
+        # goes rather than litter outputs/ (a resumed run's stays as it was, of course).
+        if not run.resumed and lead:
             shutil.rmtree(run_dir)
         if isinstance(err, UserError):
             raise
@@ -424,7 +453,10 @@ def train(
         "versions": versions(),
         **({"resumed_from": ckpt_path} if ckpt_path else {}),
     }
-    record()
+    if run.resumed:
+        run.summary = summary  # written when training starts (_RunFiles.on_train_start)
+    else:
+        run.start(summary)
     sigint = signal.getsignal(signal.SIGINT)
     # Lightning's DDP launcher starts the other processes by running this command again: they
     # must find this run directory rather than make their own.
@@ -489,8 +521,9 @@ def train(
             ) from err
         import traceback
 
-        if lead:
-            (run_dir / "error.log").write_text(traceback.format_exc())
+        if lead and run.started:
+            with runs.written_whole(run_dir / "error.log") as log:
+                log.write_text(traceback.format_exc())
         raise TrainingError(f"{type(err).__name__}: {err}", run_dir) from err
     except BaseException as err:
         # Ctrl-C and SIGTERM (Lightning turns both into SystemExit): not a failure.
@@ -503,14 +536,14 @@ def train(
         # On a full disk this write fails as well: metrics.json keeps its last whole version,
         # and the error that stopped the run is the one reported.
         with contextlib.suppress(OSError):
-            record()
+            run.record(summary)
         if lead:
             os.environ.pop(RUN_DIR_ENV, None)
         # Lightning ignores further Ctrl-C while it shuts down and never restores the handler.
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, sigint)
     summary["status"] = "finished"
-    record()
+    run.record(summary)
     if trainer.logger and lead:
         # Lightning writes these metrics as scalars at step 0: under their own tags, so they
         # do not add a stray point to the start of every training curve.
@@ -560,91 +593,11 @@ def _new_run_dir(root: Path, name: str) -> Path:
         ) from None
 
 
-def load_checkpoint(ckpt: Path) -> dict[str, Any]:
-    """A checkpoint file's contents; UserError when it is damaged or not a Lightning checkpoint."""
-    try:
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise UserError(
-            f"Cannot read checkpoint {ckpt} ({type(err).__name__}: {str(err).splitlines()[0]}): "
-            f"the file is damaged, cut short or not a PyTorch checkpoint. Use another checkpoint "
-            f"of the run (checkpoints/best.ckpt or last.ckpt) or train again."
-        ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise UserError(
-            f"{ckpt} is a PyTorch file but not a Lightning checkpoint (it has no state_dict), so "
-            f"it was not written by nnlab train. Give a checkpoint from an nnlab run."
-        )
-    return checkpoint
-
-
-def _run_config(
-    run_dir: Path | None, ckpt: Path, checkpoint: dict[str, Any], overrides: list[str]
-) -> tuple[DictConfig, dict[str, str]]:
-    """The config a trained run was built from (its run directory's, else the one stamped into
-    the checkpoint), brought up to this nnlab with `overrides` applied, and its group choices."""
-    from nnlab.config import saved_run_config
-
-    stamp = checkpoint.get(LeanModule.CONFIG_KEY) or {}
-    choices: dict[str, str] = {}
-    if run_dir is not None:
-        saved = OmegaConf.load(run_dir / runs.CONFIG)
-        choices = runs.read_json(run_dir / runs.METRICS).get("choices", {})
-    elif "config" in stamp:
-        saved = OmegaConf.create(stamp["config"])
-    else:
-        raise UserError(
-            f"{ckpt} is not inside an nnlab run directory and carries no nnlab config, so the "
-            f"model cannot be rebuilt. Give the run directory it came from instead."
-        )
-    return saved_run_config(saved, choices, overrides, stamp.get("version")), choices
-
-
-def saved_run(
-    target: str, overrides: list[str], output_dir: str = "outputs"
-) -> tuple[Path | None, Path, dict[str, Any], DictConfig]:
-    """What `nnlab eval` and `nnlab predict` start from: the run directory (None for a lone
-    checkpoint), the checkpoint's path and contents, and the run's config with `overrides`."""
-    run_dir, ckpt = runs.resolve_target(target, output_dir)
-    checkpoint = load_checkpoint(ckpt)
-    return run_dir, ckpt, checkpoint, _run_config(run_dir, ckpt, checkpoint, overrides)[0]
-
-
-def run_to_resume(
-    target: str, overrides: list[str], output_dir: str = "outputs"
-) -> tuple[Path, DictConfig, dict[str, str]]:
-    """The run directory `--resume` continues, its config with `overrides` applied (more epochs,
-    ...) and its group choices; UserError when there is nothing to resume from."""
-    run_dir, _ = runs.resolve_target(target, output_dir)
-    if run_dir is None:
-        raise UserError(
-            f"--resume continues a run, so give its directory, its name or 'latest', not a "
-            f"checkpoint file ({target})."
-        )
-    last = run_dir / runs.CHECKPOINTS / runs.LAST
-    if not last.exists():
-        raise UserError(
-            f"{run_dir} has no {runs.CHECKPOINTS}/{runs.LAST} to resume from: it stopped before "
-            f"its first epoch ended. Start it again with nnlab train and its overrides."
-        )
-    checkpoint = load_checkpoint(last)
-    cfg, choices = _run_config(run_dir, last, checkpoint, overrides)
-    # Lightning stores the 0-based index of the epoch whose end wrote last.ckpt.
-    done, limit = checkpoint.get("epoch", -1) + 1, cfg.trainer.max_epochs
-    finished = _recorded(run_dir).get("status") == "finished"
-    if finished and limit is not None and 0 <= limit <= done:
-        raise UserError(
-            f"{run_dir} finished: it trained {done} epochs and trainer.max_epochs={limit}, so "
-            f"resuming would train nothing (and its metrics.json would lose its training "
-            f"metrics). To train it further, raise the limit: nnlab train --resume {target} "
-            f"trainer.max_epochs={done + limit}. To score it again: nnlab eval {run_dir}."
-        )
-    return run_dir, cfg, choices
-
-
 def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> Result:
     """Test a trained model: rebuild it from its run's saved config and load the checkpoint."""
     _quiet_lightning()
+    from nnlab.restore import saved_run
+
     run_dir, ckpt, checkpoint, cfg = saved_run(target, overrides, output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, task = build(cfg)

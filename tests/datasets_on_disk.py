@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import struct
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +124,62 @@ def write_image_folder(
             image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
             image.save(root / name / f"{i}.png")
     return root
+
+
+def write_blank_png(path: Path, width: int, height: int) -> Path:
+    """A valid, all-black 1-bit PNG of width × height pixels that stays small on disk (about
+    1 kB per megapixel): how an image claiming a huge size looks. Written row by row, so even
+    20000 × 20000 needs no image in memory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then width bits of black
+    packer = zlib.compressobj(9)
+    rows = 256
+    pixels = b"".join(packer.compress(row * min(rows, height - y)) for y in range(0, height, rows))
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grey, no interlace
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", pixels + packer.flush())
+        + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def repickle_cifar10(folder: Path, protocol: int, old_numpy_names: bool = False) -> None:
+    """Rewrite every file of a CIFAR-10 folder (from write_cifar10) with pickle `protocol`, as
+    other Python and numpy versions write them. old_numpy_names: name numpy 1's modules
+    (numpy.core.*) as the original dataset does, rather than numpy 2's (numpy._core.*)."""
+    for file in Path(folder).iterdir():
+        with open(file, "rb") as f:
+            content = pickle.load(f)  # the tests' own files: trusted
+        data = pickle.dumps(content, protocol=protocol)
+        if old_numpy_names:
+            assert protocol < 4, "module names are plain text only before protocol 4"
+            data = data.replace(b"numpy._core.", b"numpy.core.")
+        file.write_bytes(data)
+
+
+class RunsCode:
+    """Pickled, it has the unpickler call `function(*args)`: what a malicious file does."""
+
+    def __init__(self, function: Callable[..., object], *args: object) -> None:
+        self.function = function
+        self.args = args
+
+    def __reduce__(self) -> tuple[Callable[..., object], tuple[object, ...]]:
+        return self.function, self.args
+
+
+def plant_in_cifar_batch(file: Path, payload: object) -> None:
+    """Hide `payload` in a CIFAR-10 batch file that otherwise stays intact and loadable."""
+    with open(file, "rb") as f:
+        batch = pickle.load(f)  # the tests' own file: trusted
+    batch[b"batch_label"] = payload
+    with open(file, "wb") as f:
+        pickle.dump(batch, f)

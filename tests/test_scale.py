@@ -70,6 +70,14 @@ def test_sigterm_to_every_ddp_process_ends_as_an_interruption(workdir):
     (run,) = all_runs(workdir)
     assert metrics_of(run)["status"] == "interrupted"
     assert not (run / "error.log").exists(), "an interrupted run has no error to log"
+    # Both processes resume it: the second one trains beside the first, which holds its lock.
+    done = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] + 1
+    result = subprocess.run(
+        [str(script), "train", "--resume", str(run), f"trainer.max_epochs={done + 1}"],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert metrics_of(run)["status"] == "finished" and metrics_of(run)["epochs"] == done + 1
 
 
 def test_ddp_shards_partition_every_epoch():

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from nnlab.data.base import EpochShuffle
 from nnlab.data.detection import DetectionDataModule, Target
 from nnlab.errors import UserError
+from nnlab.images import read_rgb
 
 Record = tuple[Path, Target]  # an image file and its boxes and labels
 
@@ -41,9 +41,7 @@ class CocoImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         path, target = self.records[index]
-        with Image.open(path) as image:
-            pixels = pil_to_tensor(image.convert("RGB"))
-        return pixels.float().div_(255.0), target
+        return pil_to_tensor(read_rgb(path)).float().div_(255.0), target
 
 
 def _layout_error(what: str, problem: str) -> UserError:

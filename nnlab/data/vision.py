@@ -6,9 +6,12 @@ multi-hundred-megabyte fetch inside a training command is a surprise nobody want
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import pickle
+from functools import cache
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -17,6 +20,7 @@ from torchvision import datasets, transforms
 
 from nnlab.data.base import TensorDataModule, standardize
 from nnlab.errors import UserError, choice_error
+from nnlab.images import read_rgb
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
@@ -63,21 +67,99 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape.astype(int))
 
 
+CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+
+@cache
+def _array_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR-10 pickle may name: how numpy rebuilds arrays and scalars,
+    under the module names of numpy 1 (numpy.core) and numpy 2 (numpy._core) alike."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 1.26
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        # Python 3 writes bytes as _codecs.encode(text, "latin1") in pickle protocols < 3.
+        ("_codecs", "encode"): codecs.encode,
+    }
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5
+    return allowed
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR-10's pickles: dicts, lists, strings, numbers and numpy arrays, nothing else.
+
+    A pickle names the functions it calls to rebuild its objects; pickle.load calls whatever it
+    names (os.system, exec, ...), which makes any pickle a program. Every name goes through
+    find_class, so refusing all but numpy's array rebuilders keeps a file from running code.
+    """
+
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        super().__init__(file, encoding="bytes")  # the batches were written by Python 2
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _array_globals().get((module, name))
+        if allowed is None:
+            raise UserError(
+                f"Refused to read {self.path}: it names the Python global '{module}.{name}', "
+                f"which a CIFAR-10 batch never holds (only numpy arrays, lists and strings), and "
+                f"loading it would run code the file chooses. This file is not the real dataset "
+                f"and may be malicious: delete it, get CIFAR-10 from its official source "
+                f"({CIFAR_SOURCE}, or torchvision.datasets.CIFAR10(root, download=True) on a "
+                f"machine with internet), and point data.root at the folder holding "
+                f"cifar-10-batches-py/."
+            )
+        return allowed
+
+
+def _not_cifar(path: Path, problem: str) -> UserError:
+    return UserError(
+        f"Cannot read {path} as a CIFAR-10 batch: {problem}. The file is damaged or not from "
+        f"the CIFAR-10 python version: get it again from its official source ({CIFAR_SOURCE}) "
+        f"and point data.root at the folder holding cifar-10-batches-py/."
+    )
+
+
+def _unpickle_cifar(path: Path, keys: tuple[bytes, ...]) -> dict:
+    try:
+        with open(path, "rb") as f:
+            content = _CifarUnpickler(f, path).load()
+    except UserError:
+        raise
+    except Exception as err:  # anything unpickling raises comes from the file's bytes
+        raise _not_cifar(path, f"{type(err).__name__}: {err}") from None
+    missing = [k.decode() for k in keys if not isinstance(content, dict) or k not in content]
+    if missing:
+        raise _not_cifar(path, f"it lacks the entries {', '.join(missing)}")
+    return content
+
+
 def _read_cifar(folder: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
     # Read the pickles directly: torchvision's CIFAR10 checks the md5 of every file, so it rejects
     # anything but the exact upstream archive (re-pickled copies, subsets, test fixtures).
-    def unpickle(name: str) -> dict:
-        with open(folder / name, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-
     def batches(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        parts = [unpickle(name) for name in names]
-        images = np.concatenate([np.asarray(p[b"data"], dtype=np.uint8) for p in parts])
-        labels = np.concatenate([np.asarray(p[b"labels"], dtype=np.int64) for p in parts])
-        return images.reshape(-1, 3, 32, 32), labels
+        images, labels = [], []
+        for name in names:
+            part = _unpickle_cifar(folder / name, (b"data", b"labels"))
+            try:
+                images.append(np.asarray(part[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.append(np.asarray(part[b"labels"], dtype=np.int64).reshape(-1))
+            except (TypeError, ValueError) as err:
+                raise _not_cifar(folder / name, f"{type(err).__name__}: {err}") from None
+            if len(images[-1]) != len(labels[-1]):
+                problem = f"it has {len(images[-1])} images but {len(labels[-1])} labels"
+                raise _not_cifar(folder / name, problem)
+        return np.concatenate(images), np.concatenate(labels)
 
     arrays = {"train": batches(CIFAR_FILES[:5]), "test": batches(["test_batch"])}
-    names = [n.decode() for n in unpickle("batches.meta")[b"label_names"]]
+    meta = _unpickle_cifar(folder / "batches.meta", (b"label_names",))
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
     return arrays, names
 
 
@@ -188,7 +270,9 @@ class ImageFolderDataModule(TensorDataModule):
             steps.append(transforms.Grayscale(1))
         try:
             ds = datasets.ImageFolder(
-                folder, transform=transforms.Compose(steps + [transforms.ToTensor()])
+                folder,
+                transform=transforms.Compose(steps + [transforms.ToTensor()]),
+                loader=read_rgb,  # size and format checked before decoding
             )
         except FileNotFoundError as err:
             # ImageFolder's messages cover both "no class folders" and "no images in them".

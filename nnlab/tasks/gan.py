@@ -202,7 +202,7 @@ class GanTask(LeanModule):
         """Write the fixed-noise sample grid as a PNG."""
         from torchvision.utils import save_image
 
-        save_image(self._grid(), path)
+        save_image(self._grid(), path, format="png")  # whatever the file's name ends with
 
     def configure_optimizers(self) -> Any:
         total = self.trainer.estimated_stepping_batches
