@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_fabric.plugins import TorchCheckpointIO
 from torch import Tensor
 
+from nnlab import compat
 from nnlab.runs import written_whole
 
 # Values a checkpoint holds by the hundred (loop counters, names, flags): returned as they are
@@ -33,8 +34,7 @@ def snapshot(obj: Any) -> Any:
         return obj.clone() if obj.device.type == "cpu" else obj.to("cpu")
     if isinstance(obj, dict):
         copied = kind((key, snapshot(value)) for key, value in obj.items())
-        if hasattr(obj, "_metadata"):  # a state_dict's per-module versions
-            copied._metadata = obj._metadata
+        compat.keep_state_dict_versions(obj, copied)  # a state_dict's per-module versions
         return copied
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         return kind(*(snapshot(value) for value in obj))

@@ -1,11 +1,12 @@
-"""Errors nnlab reports to the user as a message, never a traceback: bad input (exit code 2), and
-writes the machine refuses (exit code 1)."""
+"""Errors nnlab reports to the user as a message, never a traceback: bad input (exit code 2),
+writes the machine refuses and failed training (exit code 1), interrupted training (130)."""
 
 from __future__ import annotations
 
 import difflib
 import errno
 from collections.abc import Iterable
+from pathlib import Path
 
 # Writes the machine refused: a full disk or quota, a read-only or forbidden path.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
@@ -13,6 +14,24 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCE
 
 class UserError(Exception):
     """Bad input from the user: the CLI prints the message and exits with code 2."""
+
+
+class TrainingError(Exception):
+    """Training itself failed (not the user's input): exit code 1, details in the run directory."""
+
+    def __init__(self, message: str, run_dir: Path) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped training; the run keeps checkpoints/last.ckpt of its last
+    complete epoch and can be resumed. A KeyboardInterrupt, so whatever stops on Ctrl-C stops."""
+
+    def __init__(self, run_dir: Path, epochs_done: int) -> None:
+        super().__init__(f"training interrupted after {epochs_done} complete epochs")
+        self.run_dir = run_dir
+        self.epochs_done = epochs_done
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:

@@ -22,11 +22,25 @@ from torch import Tensor, nn
 
 from nnlab.data.base import TensorDataModule
 from nnlab.models.cnn import build_cnn
+from nnlab.tasks.classification import ClassificationTask
+from nnlab.tasks.optim import constant_lr
 
 CONFIDENT = 0.9  # a sample counts as recognizable when the classifier gives it ≥ this probability
 REFERENCE_EPOCHS = 20
 # Keys that change batching, not the data: the same cached classifier serves every value.
 _NOT_DATA = ("batch_size", "seed")
+# The classifier's architecture, spelled out: cached state dicts must keep fitting it whatever
+# the builder's defaults become.
+_ARCHITECTURE = {
+    "channels": (32, 64),
+    "kernel_size": 3,
+    "residual": False,
+    "fc_hidden": 128,
+    "dropout": 0.25,
+    "norm": "batch",
+    "norm_groups": 8,
+    "activation": "relu",
+}
 
 
 @dataclass
@@ -81,10 +95,8 @@ def reference_judge(
     datamodule: TensorDataModule, data_config: dict[str, Any], cache_dir: Path
 ) -> Judge:
     """The Judge for this dataset: loads the cached classifier, or trains and caches it."""
-    from nnlab.tasks.classification import ClassificationTask
-
     shape, classes = datamodule.input_shape, datamodule.num_classes
-    model = build_cnn(shape, classes, norm="batch", dropout=0.25)
+    model = build_cnn(shape, classes, **_ARCHITECTURE)
     path = _cache_path(cache_dir, data_config, type(datamodule).__name__)
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -95,7 +107,7 @@ def reference_judge(
     with torch.random.fork_rng():
         torch.manual_seed(0)
         task = ClassificationTask(
-            model, partial(torch.optim.Adam, lr=1e-3), {"name": "none"}, num_classes=classes
+            model, partial(torch.optim.Adam, lr=1e-3), constant_lr, num_classes=classes
         )
         trainer = pl.Trainer(
             max_epochs=REFERENCE_EPOCHS,

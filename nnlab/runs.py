@@ -311,3 +311,55 @@ def select(
         has = [s for s in chosen if isinstance(s.get(sort), (int, float))]
         chosen = sorted(has, key=lambda s: sign * s[sort]) + [s for s in chosen if s not in has]
     return chosen
+
+
+class RunRecord:
+    """A run's files as training goes: config.yaml, overrides.yaml, and metrics.json, whose
+    `status` moves from running to finished, failed or interrupted (`nnlab runs` shows a running
+    run whose writer died as killed). Only the first process of a distributed run writes, and
+    every file is replaced whole. A new run's files are written as it begins; a resumed run's
+    only once its training starts (`start`), so a resume that is refused or fails before then
+    leaves every file of the run as it was."""
+
+    def __init__(
+        self, run_dir: Path, config: dict[str, Any], overrides: list[str], lead: bool, resumed: bool
+    ) -> None:
+        self.run_dir, self.config, self.overrides = run_dir, config, list(overrides)
+        self.lead, self.resumed = lead, resumed
+        self.started = False
+        self.summary: dict[str, Any] = {}
+        # a resumed run reports its whole training time, its earlier sessions' too
+        before = read_metrics(run_dir) if resumed else {}
+        wall = before.get("wall_time_s", 0.0)
+        # an interrupted session wrote no fit time; its wall time, from the fit's start, is all fit
+        self.earlier = {"fit_time_s": before.get("fit_time_s", wall), "wall_time_s": wall}
+
+    def begin(self, summary: dict[str, Any]) -> None:
+        """The run's opening record (status running); written now unless the run is resumed."""
+        self.summary = {"status": "running", **summary}
+        if not self.resumed:
+            self.start()
+
+    def start(self) -> None:
+        """Training has started: from here on the run's files say so."""
+        if self.started:
+            return
+        self.started = True
+        if self.lead:
+            write_yaml(self.run_dir / CONFIG, self.config)
+            write_yaml(self.run_dir / OVERRIDES, {"overrides": self.overrides})
+        self.save()
+
+    def save(self) -> None:
+        if self.lead and self.started:
+            write_json(self.run_dir / METRICS, self.summary)
+
+    def end(self, status: str, **details: Any) -> None:
+        self.summary.update(status=status, **details)
+        self.save()
+
+    def log_error(self, text: str) -> None:
+        """error.log, the traceback of a failed run (not of a resume that never started)."""
+        if self.lead and self.started:
+            with written_whole(self.run_dir / "error.log") as log:
+                log.write_text(text)

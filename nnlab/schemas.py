@@ -11,7 +11,18 @@ from typing import Any, List, Optional  # noqa: UP035 - OmegaConf reads typing g
 
 from omegaconf import MISSING
 
-LOSSES = ("cross_entropy", "mse")
+from nnlab.choices import (
+    BACKBONES,
+    CELLS,
+    CLIP_ALGORITHMS,
+    ENGINES,
+    GAN_ARCHS,
+    GAN_OBJECTIVES,
+    LOGGERS,
+    LOSSES,
+    MONITOR_MODES,
+)
+
 MAX_SEED = 2**32 - 1  # numpy and scikit-learn take 32-bit seeds
 
 
@@ -48,7 +59,7 @@ class MLPSchema(LayersSchema):
     hidden: int = spec(ge=1)
     depth: int = spec(ge=0)
     residual: bool = spec()
-    engine: str = spec(choices=("autograd", "scratch"))
+    engine: str = spec(choices=ENGINES)
 
 
 @dataclass
@@ -62,7 +73,7 @@ class CNNSchema(LayersSchema):
 
 @dataclass
 class RNNSchema(LayersSchema):
-    cell: str = spec(choices=("lstm", "gru", "rnn"))
+    cell: str = spec(choices=CELLS)
     hidden: int = spec(ge=1)
     layers: int = spec(ge=1)
     bidirectional: bool = spec()
@@ -71,7 +82,7 @@ class RNNSchema(LayersSchema):
 @dataclass
 class GANSchema:
     _target_: str = spec()
-    arch: str = spec(choices=("mlp", "dcgan"))
+    arch: str = spec(choices=GAN_ARCHS)
     latent_dim: int = spec(ge=1)
     hidden: int = spec(ge=1)
     depth: int = spec(ge=1)
@@ -80,7 +91,7 @@ class GANSchema:
     norm: str = spec()
     activation: str = spec()
     d_activation: str = spec()
-    objective: str = spec(choices=("non_saturating", "minimax"))
+    objective: str = spec(choices=GAN_OBJECTIVES)
     lr_g: Optional[float] = spec(gt=0.0)  # noqa: UP045
     lr_d: Optional[float] = spec(gt=0.0)  # noqa: UP045
     label_smoothing: float = spec(ge=0.0, lt=1.0)
@@ -91,7 +102,7 @@ class GANSchema:
 @dataclass
 class FasterRCNNSchema:
     _target_: str = spec()
-    backbone: str = spec(choices=("cnn", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large"))
+    backbone: str = spec(choices=BACKBONES)
     channels: List[int] = spec(ge=1, min_length=1)  # noqa: UP006
     weights: Optional[str] = spec()  # noqa: UP045
     anchor_sizes: List[int] = spec()  # noqa: UP006
@@ -274,7 +285,7 @@ class TrainerSchema:
     num_nodes: int = spec(ge=1)
     precision: Any = spec()
     gradient_clip_val: Optional[float] = spec(ge=0.0)  # noqa: UP045
-    gradient_clip_algorithm: str = spec(choices=("norm", "value"))
+    gradient_clip_algorithm: str = spec(choices=CLIP_ALGORITHMS)
     deterministic: Any = spec()
     check_val_every_n_epoch: int = spec(ge=1)
     # int = a number of batches, float = a fraction: Lightning reads the type, so keep it.
@@ -287,13 +298,13 @@ class TrainerSchema:
 
 @dataclass
 class LoggerSchema:
-    kind: str = spec(choices=("tensorboard", "none"))
+    kind: str = spec(choices=LOGGERS)
 
 
 @dataclass
 class CallbacksSchema:
     monitor: Optional[str] = spec()  # noqa: UP045
-    mode: Optional[str] = spec(choices=("min", "max"))  # noqa: UP045
+    mode: Optional[str] = spec(choices=MONITOR_MODES)  # noqa: UP045
     checkpoint_interval_s: float = spec(ge=0.0)
     early_stopping_patience: int = spec(ge=0)
     grad_flow: bool = spec()

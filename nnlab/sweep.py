@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nnlab import locks
+from nnlab import compat, locks
 from nnlab.errors import UserError, choice_error, did_you_mean
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -600,7 +600,7 @@ def release_dead_trials(study: Any, sweep: Sweep) -> int:
         if trial.state == TrialState.RUNNING and _dead(sweep, trial.user_attrs.get("worker")):
             # Optuna sets user attributes only through a live Trial, and this one's process is
             # gone: the one write through the study's storage.
-            study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+            compat.set_trial_user_attr(study, trial, "interrupted", True, lambda: _storage(sweep))
             _requeue(study, trial.number, trial.params, retried)
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             released += 1

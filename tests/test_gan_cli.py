@@ -131,8 +131,8 @@ def test_gan_samples_are_recognizable_and_cover_every_digit(nnlab, workdir):
 
 
 def test_judge_scores_real_digits_high_and_a_single_class_low(in_shared):
+    from nnlab.build import build
     from nnlab.config import compose_config
-    from nnlab.train import build
 
     cfg, _ = compose_config(["model=gan"])
     datamodule, task = build(cfg)  # the same cached reference the GAN runs use

@@ -16,11 +16,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nnlab.build import build
 from nnlab.config import compose_config, groups
 from nnlab.data.base import TensorBatches
 from nnlab.schemas import SCHEMAS, TrainSchema
 from nnlab.tasks.optim import optimizer_with_schedule
-from nnlab.train import build
 from tests.helpers import QUICK, assert_clear_error
 
 # Examples are slow-ish (a Hydra compose each): a fixed, modest budget, no per-example deadline.

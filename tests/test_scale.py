@@ -15,8 +15,9 @@ import pytorch_lightning as pl
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from nnlab.build import build
 from nnlab.config import compose_config
-from nnlab.train import build, train
+from nnlab.train import train
 from tests.helpers import QUICK, all_runs, metrics_of
 
 

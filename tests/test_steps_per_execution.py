@@ -97,8 +97,8 @@ def test_tensorboard_x_axis_counts_optimizer_steps(nnlab, workdir):
 
 def test_epoch_sums_stay_float32_under_mixed_precision():
     # Under bf16-mixed the losses are bf16; a bf16 sum of 600 of them would be off by ~0.1%.
+    from nnlab.build import build
     from nnlab.config import compose_config
-    from nnlab.train import build
 
     _, task = build(compose_config([])[0])
     targets = torch.zeros(200, dtype=torch.long)

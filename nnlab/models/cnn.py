@@ -39,16 +39,17 @@ class ResidualBlock(nn.Module):
 def build_cnn(
     input_shape: tuple[int, ...],
     num_outputs: int,
-    channels: list[int] = (32, 64),
+    channels: list[int] = (32, 64, 128),
     kernel_size: int = 3,
     residual: bool = False,
     fc_hidden: int = 128,
-    dropout: float = 0.0,
-    norm: str = "none",
+    dropout: float = 0.25,
+    norm: str = "batch",
     norm_groups: int = 8,
     activation: str = "relu",
 ) -> nn.Sequential:
-    """A CNN for (C, H, W) images: each stage is conv (+ residual block) then 2×2 max-pooling."""
+    """A CNN for (C, H, W) images: each stage is conv (+ residual block) then 2×2 max-pooling.
+    The defaults are conf/model/cnn.yaml's under train.yaml's norm= and activation=."""
     if len(input_shape) != 3:
         raise UserError(
             f"model=cnn needs image data shaped (channels, height, width), but this dataset gives "

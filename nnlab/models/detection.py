@@ -17,12 +17,11 @@ from torchvision.models.detection.backbone_utils import mobilenet_backbone, resn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
+from nnlab.choices import BACKBONES, RESNETS
 from nnlab.errors import UserError, choice_error
 from nnlab.models.layers import make_activation, make_norm
 
 BUILDER = "nnlab.models.detection.build_faster_rcnn"  # the _target_ that marks a detection run
-RESNETS = ("resnet18", "resnet34", "resnet50")
-BACKBONES = ("cnn", *RESNETS, "mobilenet_v3_large")
 # Keys of a classification checkpoint that the detection backbone has no use for.
 _CLASSIFIER_KEYS = ("fc.", "classifier.")
 
@@ -136,11 +135,31 @@ def _anchor_generator(sizes: list[int], ratios: list[float], levels: int) -> Anc
     return AnchorGenerator(tuple(per_level), (tuple(ratios),) * levels)
 
 
+def _checked_channels(backbone: str, input_shape: tuple[int, ...]) -> int:
+    """The images' channel count, once the backbone is known to read it."""
+    if backbone not in BACKBONES:
+        raise choice_error("model.backbone", backbone, BACKBONES)
+    in_channels = input_shape[0]
+    if backbone != "cnn" and in_channels != 3:
+        raise UserError(
+            f"model.backbone={backbone} reads RGB images, but this dataset has {in_channels} "
+            f"channel(s). Use model.backbone=cnn."
+        )
+    return in_channels
+
+
+def _image_statistics(in_channels: int) -> tuple[list[float], list[float]]:
+    # ImageNet statistics for RGB (what pretrained weights on disk expect); grey: a plain scale.
+    if in_channels == 3:
+        return [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    return [0.5] * in_channels, [0.25] * in_channels
+
+
 def build_faster_rcnn(
     input_shape: tuple[int, ...],
     num_outputs: int,
     backbone: str = "cnn",
-    channels: list[int] = (32, 64, 128, 128),
+    channels: list[int] = (16, 32, 64),
     weights: str | None = None,
     anchor_sizes: list[int] = (16, 32, 64),
     aspect_ratios: list[float] = (0.5, 1.0, 2.0),
@@ -164,15 +183,10 @@ def build_faster_rcnn(
 
     `input_shape` is (channels, ...) of the images; only the channel count matters, since the
     detector resizes every image so its shorter side is `min_size` (longer side ≤ `max_size`).
+    The defaults are conf/model/faster_rcnn.yaml's under train.yaml's norm= and activation=
+    (model=faster_rcnn_coco is a preset of other values).
     """
-    if backbone not in BACKBONES:
-        raise choice_error("model.backbone", backbone, BACKBONES)
-    in_channels = input_shape[0]
-    if backbone != "cnn" and in_channels != 3:
-        raise UserError(
-            f"model.backbone={backbone} reads RGB images, but this dataset has {in_channels} "
-            f"channel(s). Use model.backbone=cnn."
-        )
+    in_channels = _checked_channels(backbone, input_shape)
     body, featmaps = _backbone(
         backbone, in_channels, channels, weights, norm, norm_groups, activation
     )
@@ -183,10 +197,7 @@ def build_faster_rcnn(
     roi_pool = MultiScaleRoIAlign(
         featmap_names=featmaps, output_size=7, sampling_ratio=roi_sampling_ratio
     )
-    # ImageNet statistics for RGB (what pretrained weights on disk expect); grey: a plain scale.
-    rgb = in_channels == 3
-    mean = [0.485, 0.456, 0.406] if rgb else [0.5] * in_channels
-    std = [0.229, 0.224, 0.225] if rgb else [0.25] * in_channels
+    mean, std = _image_statistics(in_channels)
     return FasterRCNN(
         body,
         num_classes=None,

@@ -14,10 +14,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from nnlab.choices import GAN_ARCHS
 from nnlab.errors import UserError, choice_error
 from nnlab.models.layers import make_activation, make_norm
-
-ARCHS = ("mlp", "dcgan")
 
 
 class MinibatchStd(nn.Module):
@@ -130,7 +129,7 @@ def build_gan(
     arch: str = "mlp",
     latent_dim: int = 64,
     hidden: int = 256,
-    depth: int = 2,
+    depth: int = 3,
     channels: int = 64,
     minibatch_std: bool = True,
     norm: str = "batch",
@@ -139,9 +138,10 @@ def build_gan(
 ) -> GAN:
     """A GAN for (C, H, W) images. `hidden`/`depth` size the mlp variant, `channels` the dcgan one;
     `activation` is G's nonlinearity and `d_activation` D's. `num_outputs` (the class count) is
-    not used: the GAN is unconditional."""
-    if arch not in ARCHS:
-        raise choice_error("model.arch", arch, ARCHS)
+    not used: the GAN is unconditional. The defaults are conf/model/gan.yaml's under
+    train.yaml's norm= and activation=."""
+    if arch not in GAN_ARCHS:
+        raise choice_error("model.arch", arch, GAN_ARCHS)
     shape = tuple(input_shape)
     if len(shape) != 3:
         raise UserError(

@@ -6,9 +6,11 @@ import math
 
 from torch import nn
 
+from nnlab.choices import ACTIVATIONS, NORMS
 from nnlab.errors import UserError, choice_error
 
-ACTIVATIONS = {
+# one module class per name of choices.ACTIVATIONS (tests/test_config_facts.py holds them equal)
+ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
@@ -16,14 +18,13 @@ ACTIVATIONS = {
     "elu": nn.ELU,
     "gelu": nn.GELU,
 }
-NORMS = ("none", "batch", "layer", "group", "instance")
 
 
 def make_activation(kind: str) -> nn.Module:
-    """A fresh activation module by name (see ACTIVATIONS)."""
+    """A fresh activation module by name (one of choices.ACTIVATIONS)."""
     if kind not in ACTIVATIONS:
         raise choice_error("activation", kind, ACTIVATIONS)
-    return ACTIVATIONS[kind]()
+    return ACTIVATION_MODULES[kind]()
 
 
 def _groups_for(channels: int, groups: int) -> int:
@@ -63,4 +64,5 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def flat_size(shape: tuple[int, ...]) -> int:
+    """The number of values in one sample of `shape`."""
     return math.prod(shape)

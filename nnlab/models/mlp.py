@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from nnlab.choices import ENGINES
 from nnlab.errors import choice_error
 from nnlab.models.layers import flat_size, make_activation, make_norm
-
-ENGINES = ("autograd", "scratch")
+from nnlab.scratch import engine as scratch
 
 
 class HiddenLayer(nn.Module):
@@ -50,26 +50,45 @@ class MLP(nn.Module):
         return self.head(x)
 
 
+class BackpropMLP(MLP):
+    """An MLP of linear layers and one activation, differentiated by hand (model.engine=scratch).
+    Same parameters (names, shapes, initialization) as the autograd MLP it is built like."""
+
+    def __init__(self, layers: list[HiddenLayer], head: nn.Linear, activation: str) -> None:
+        super().__init__(layers, head)
+        self.activation = activation
+        linears = [layer.linear for layer in layers] + [head]
+        self._weights = [layer.weight for layer in linears]
+        self._biases = [layer.bias for layer in linears]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return scratch.network_output(self.activation, self.flatten(x), self._weights, self._biases)
+
+    def cost(self, loss: str, logits: Tensor, target: Tensor, num_classes: int) -> Tensor:
+        """nnlab's loss= on class targets, with BP1 for its gradient: what a task trains this
+        network with instead of its own loss, so no derivative is left to autograd."""
+        return scratch.cost(loss, self.activation, logits, target, num_classes)
+
+
 def build_mlp(
     input_shape: tuple[int, ...],
     num_outputs: int,
     hidden: int = 256,
     depth: int = 2,
-    dropout: float = 0.0,
+    dropout: float = 0.1,
     residual: bool = False,
-    norm: str = "none",
+    norm: str = "batch",
     norm_groups: int = 8,
     activation: str = "relu",
     engine: str = "autograd",
 ) -> MLP:
     """An MLP taking inputs of any shape (flattened) to `num_outputs` values (logits or
-    regression outputs). engine=scratch differentiates it with nnlab/scratch's backprop."""
+    regression outputs). engine=scratch differentiates it with nnlab/scratch's backprop.
+    The defaults are conf/model/mlp.yaml's under train.yaml's norm= and activation=."""
     if engine not in ENGINES:
         raise choice_error("model.engine", engine, ENGINES)
     if engine == "scratch":
-        from nnlab.scratch.engine import check_supported
-
-        check_supported(norm, dropout, residual)
+        scratch.check_supported(norm, dropout, residual)
     sizes = [flat_size(tuple(input_shape))] + [hidden] * depth
     layers = [
         HiddenLayer(i, o, norm, norm_groups, activation, dropout, residual)
@@ -77,7 +96,5 @@ def build_mlp(
     ]
     head = nn.Linear(sizes[-1], num_outputs)
     if engine == "scratch":
-        from nnlab.scratch.engine import BackpropMLP  # it subclasses MLP: imported late
-
         return BackpropMLP(layers, head, activation)
     return MLP(layers, head)

@@ -6,10 +6,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from nnlab.choices import CELLS, RNN_NONLINEARITIES
 from nnlab.errors import UserError, choice_error
 from nnlab.models.layers import make_activation, make_norm
-
-CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
 class RecurrentNet(nn.Module):
@@ -58,17 +57,18 @@ def build_rnn(
     num_outputs: int,
     cell: str = "lstm",
     hidden: int = 128,
-    layers: int = 1,
+    layers: int = 2,
     bidirectional: bool = False,
-    dropout: float = 0.0,
-    norm: str = "none",
+    dropout: float = 0.1,
+    norm: str = "batch",
     norm_groups: int = 8,
-    activation: str = "tanh",
+    activation: str = "relu",
 ) -> RecurrentNet:
     """An RNN for (time steps, features) inputs, to class logits or regression outputs.
 
     `activation` is the nonlinearity of plain RNN cells (tanh or relu, as torch allows); LSTM and
-    GRU gates have their fixed sigmoid/tanh.
+    GRU gates have their fixed sigmoid/tanh. The defaults are conf/model/rnn.yaml's under
+    train.yaml's norm= and activation=.
     """
     if cell not in CELLS:
         raise choice_error("model.cell", cell, CELLS)
@@ -80,7 +80,7 @@ def build_rnn(
         )
     kwargs: dict = {"batch_first": True, "bidirectional": bidirectional}
     if cell == "rnn":
-        if activation not in ("tanh", "relu"):
+        if activation not in RNN_NONLINEARITIES:
             make_activation(activation)  # an unknown name gets the usual did-you-mean error
             raise UserError(
                 f"A plain RNN cell supports activation=tanh or activation=relu, not "
@@ -88,8 +88,7 @@ def build_rnn(
             )
         kwargs["nonlinearity"] = activation
     width = hidden * (2 if bidirectional else 1)
-    stack = [
-        CELLS[cell](input_shape[1] if i == 0 else width, hidden, **kwargs) for i in range(layers)
-    ]
+    module = getattr(nn, cell.upper())  # nn.LSTM, nn.GRU or nn.RNN
+    stack = [module(input_shape[1] if i == 0 else width, hidden, **kwargs) for i in range(layers)]
     norms = [make_norm(norm, (width,), norm_groups) for _ in range(layers - 1)]
     return RecurrentNet(stack, norms, dropout, nn.Linear(width, num_outputs))

@@ -1,9 +1,11 @@
 """model.engine=scratch: the MLP trained by BP1–BP4 and the hand-written update rules.
 
-The network keeps nn.Parameters, so checkpoints, schedulers, gradient clipping and the
-gradient-flow callback see an ordinary module; only the arithmetic is hand-written. Autograd
-does nothing but call two hand-written backward functions in turn: the cost's (BP1) and the
-network's (BP2–BP4). No derivative is taken by torch.
+The network (models/mlp.py's BackpropMLP) keeps nn.Parameters, so checkpoints, schedulers,
+gradient clipping and the gradient-flow callback see an ordinary module; only the arithmetic,
+here, is hand-written. Autograd does nothing but call two hand-written backward functions in
+turn: the cost's (BP1) and the network's (BP2–BP4). No derivative is taken by torch.
+
+This file knows tensors, not modules: models/ builds on it, never the other way round.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from nnlab.errors import UserError
-from nnlab.models.mlp import MLP, HiddenLayer
 from nnlab.scratch.backprop import ScratchMLP
 
 # nnlab's loss= names → the hand-written costs (mse is the quadratic cost on softmax outputs)
@@ -59,24 +60,17 @@ class _Cost(torch.autograd.Function):
         return None, grad * ctx.net.output_error(z, y), None
 
 
-class BackpropMLP(MLP):
-    """An MLP of linear layers and one activation, differentiated by hand. Same parameters
-    (names, shapes, initialization) as the autograd MLP it is built like."""
+def network_output(
+    activation: str, x: Tensor, weights: list[Tensor], biases: list[Tensor]
+) -> Tensor:
+    """zᴸ of the plain MLP with these parameters (x flattened); its gradients are BP2–BP4."""
+    return _Network.apply(activation, x, *weights, *biases)
 
-    def __init__(self, layers: list[HiddenLayer], head: nn.Linear, activation: str) -> None:
-        super().__init__(layers, head)
-        self.activation = activation
-        linears = [layer.linear for layer in layers] + [head]
-        self._weights = [layer.weight for layer in linears]
-        self._biases = [layer.bias for layer in linears]
 
-    def forward(self, x: Tensor) -> Tensor:
-        return _Network.apply(self.activation, self.flatten(x), *self._weights, *self._biases)
-
-    def cost(self, loss: str, logits: Tensor, target: Tensor, num_classes: int) -> Tensor:
-        """nnlab's loss= on class targets, with BP1 for its gradient."""
-        net = ScratchMLP([], [], self.activation, COST_OF_LOSS[loss])
-        return _Cost.apply(net, logits, F.one_hot(target, num_classes).to(logits.dtype))
+def cost(loss: str, activation: str, logits: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """nnlab's loss= on class targets, with BP1 for its gradient."""
+    net = ScratchMLP([], [], activation, COST_OF_LOSS[loss])
+    return _Cost.apply(net, logits, F.one_hot(target, num_classes).to(logits.dtype))
 
 
 def check_supported(norm: str, dropout: float, residual: bool) -> None:

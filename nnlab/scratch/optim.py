@@ -79,23 +79,27 @@ class ScratchOptimizer(torch.optim.Optimizer):
         return loss
 
 
-def scratch_optimizer(config: dict[str, Any]) -> Callable[..., ScratchOptimizer]:
-    """The hand-written counterpart of an optimizer= config (sgd, momentum, adam)."""
-    target = config["_target_"].rsplit(".", 1)[-1]
-    momentum = config.get("momentum", 0.0)
-    rule = {"SGD": "momentum" if momentum else "sgd", "Adam": "adam"}.get(target)
-    if rule is None or config.get("nesterov") or config.get("amsgrad"):
+def scratch_optimizer(
+    optimizer: Callable[..., torch.optim.Optimizer],
+) -> Callable[..., ScratchOptimizer]:
+    """The hand-written counterpart of a torch.optim factory, a functools.partial of SGD or Adam
+    with its settings (what optimizer= instantiates to): the same rule and settings, by hand."""
+    settings = dict(getattr(optimizer, "keywords", {}))
+    name = getattr(getattr(optimizer, "func", optimizer), "__name__", type(optimizer).__name__)
+    momentum = settings.get("momentum", 0.0)
+    rule = {"SGD": "momentum" if momentum else "sgd", "Adam": "adam"}.get(name)
+    if rule is None or settings.get("nesterov") or settings.get("amsgrad"):
         raise UserError(
             f"model.engine=scratch writes the update rule by hand for optimizer=sgd, momentum "
-            f"and adam; {target} with these settings has no hand-written rule. Pick one of those "
-            f"three, or use model.engine=autograd to train with {target}."
+            f"and adam; {name} with these settings has no hand-written rule. Pick one of those "
+            f"three, or use model.engine=autograd to train with {name}."
         )
-    settings = {"lr": config["lr"], "weight_decay": config.get("weight_decay", 0.0)}
+    chosen = {"lr": settings["lr"], "weight_decay": settings.get("weight_decay", 0.0)}
     if rule == "momentum":
-        settings["momentum"] = momentum
+        chosen["momentum"] = momentum
     if rule == "adam":
-        settings.update(betas=tuple(config["betas"]), eps=config["eps"])
-    return functools.partial(ScratchOptimizer, rule=rule, **settings)
+        chosen.update(betas=tuple(settings["betas"]), eps=settings["eps"])
+    return functools.partial(ScratchOptimizer, rule=rule, **chosen)
 
 
 def check_optim(rule: str, steps: int = 10, weight_decay: float = 1e-2, seed: int = 0) -> float:

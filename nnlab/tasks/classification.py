@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from nnlab.choices import LOSSES
 from nnlab.errors import choice_error
-from nnlab.scratch.engine import BackpropMLP
+from nnlab.tasks.optim import Schedule
 from nnlab.tasks.supervised import SupervisedTask
 
-LOSSES = ("cross_entropy", "mse")
+# (loss= name, logits, class targets, number of classes) → the batch's mean loss
+Cost = Callable[[str, Tensor, Tensor, int], Tensor]
 
 
 def classification_loss(kind: str, logits: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -30,7 +31,8 @@ def classification_loss(kind: str, logits: Tensor, target: Tensor, num_classes: 
 
 class ClassificationTask(SupervisedTask):
     """Any nn.Module mapping inputs to class logits; logs loss and accuracy, and a test
-    confusion-matrix figure."""
+    confusion-matrix figure. `cost` computes the loss; a model that brings its own derivative
+    (model.engine=scratch) has build.py pass the model's cost instead of autograd's."""
 
     score_name = "acc"
     monitor = ("val/acc", "max")
@@ -39,23 +41,23 @@ class ClassificationTask(SupervisedTask):
         self,
         model: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: dict[str, Any],
+        schedule: Schedule,
         num_classes: int,
         loss: str = "cross_entropy",
         class_names: list[str] | None = None,
+        cost: Cost = classification_loss,
     ) -> None:
-        super().__init__(model, optimizer, scheduler)
+        super().__init__(model, optimizer, schedule)
         if loss not in LOSSES:
             raise choice_error("loss", loss, LOSSES)
         self.num_classes = num_classes
         self.loss_kind = loss
+        self.cost = cost
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
 
     def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
-        if isinstance(self.model, BackpropMLP):  # BP1 by hand as well
-            return self.model.cost(self.loss_kind, logits, y, self.num_classes)
-        return classification_loss(self.loss_kind, logits, y, self.num_classes)
+        return self.cost(self.loss_kind, logits, y, self.num_classes)
 
     def _score(self, logits: Tensor, y: Tensor) -> Tensor:
         return (logits.argmax(dim=1) == y).sum()

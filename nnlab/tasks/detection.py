@@ -12,7 +12,7 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.utils import draw_bounding_boxes, make_grid
 
 from nnlab.data.detection import Target
-from nnlab.tasks.optim import configure
+from nnlab.tasks.optim import Schedule, configure
 from nnlab.tasks.supervised import LeanModule
 
 # torchvision's names for the four Faster R-CNN losses (RPN: objectness, rpn_box_reg).
@@ -64,13 +64,13 @@ class DetectionTask(LeanModule):
         self,
         model: FasterRCNN,
         optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: dict[str, Any],
+        schedule: Schedule,
         class_names: list[str],
     ) -> None:
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
-        self.scheduler_config = scheduler
+        self.schedule = schedule
         self.class_names = list(class_names)
         self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox")
         self.test_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True)
@@ -153,4 +153,4 @@ class DetectionTask(LeanModule):
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        return configure(self, params, self.optimizer_factory, self.scheduler_config)
+        return configure(self, params, self.optimizer_factory, self.schedule)

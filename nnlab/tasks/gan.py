@@ -4,31 +4,41 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from nnlab.choices import GAN_OBJECTIVES
 from nnlab.errors import choice_error
 from nnlab.models.gan import GAN
-from nnlab.reference import Judge
-from nnlab.tasks.optim import optimizer_with_schedule
+from nnlab.tasks.optim import Schedule, optimizer_with_schedule
 from nnlab.tasks.supervised import LeanModule
 
-OBJECTIVES = ("non_saturating", "minimax")
-# Settings of the GAN task that live in the model config (model.objective=minimax, ...).
-OPTIONS = ("objective", "lr_g", "lr_d", "label_smoothing", "ema", "samples")
 GRID = 64  # samples in the image grid, drawn from one fixed noise batch so epochs compare
+
+
+class Scores(Protocol):
+    """What a judge makes of a set of samples, as metrics named for a stage."""
+
+    def metrics(self, stage: str) -> dict[str, float]: ...
+
+
+# Samples in data space → their Scores. build.py passes reference.py's classifier; the task only
+# calls it, so it does not depend on how the judge was trained.
+Judge = Callable[[Tensor], Scores]
 
 
 class GanTask(LeanModule):
     """Trains G and D in turn on every batch (manual optimization).
 
     D minimizes −log D(x) − log(1 − D(G(z))), with real targets 1 − label_smoothing. G minimizes
-    −log D(G(z)) (non_saturating, the default: strong gradients while D is winning) or
+    −log D(G(z)) (non_saturating, conf/model/gan.yaml's: strong gradients while D is winning) or
     log(1 − D(G(z))) (minimax, the original form, which saturates early in training).
+    The keyword-only settings are the model config's (choices.GAN_TASK_OPTIONS); they have no
+    defaults here, so the YAML is their one source.
 
     Images are mapped to [−1, 1] for the nets (G ends in tanh) and back to data space for the
     judge and the sample grid, using the training data's range.
@@ -40,23 +50,24 @@ class GanTask(LeanModule):
         self,
         gan: GAN,
         optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: dict[str, Any],
+        schedule: Schedule,
         data_range: tuple[float, float],
         judge: Judge | None = None,
-        objective: str = "non_saturating",
-        lr_g: float | None = None,
-        lr_d: float | None = None,
-        label_smoothing: float = 0.0,
-        ema: float = 0.0,
-        samples: int = 1000,
+        *,
+        objective: str,
+        lr_g: float | None,
+        lr_d: float | None,
+        label_smoothing: float,
+        ema: float,
+        samples: int,
     ) -> None:
         super().__init__()
-        if objective not in OBJECTIVES:
-            raise choice_error("model.objective", objective, OBJECTIVES)
+        if objective not in GAN_OBJECTIVES:
+            raise choice_error("model.objective", objective, GAN_OBJECTIVES)
         self.automatic_optimization = False
         self.model = gan
         self.optimizer_factory = optimizer
-        self.scheduler_config = scheduler
+        self.schedule = schedule
         self.judge = judge
         self.objective = objective
         self.lr_g, self.lr_d = lr_g, lr_d
@@ -209,7 +220,7 @@ class GanTask(LeanModule):
         optimizers, schedulers = [], []
         for net, lr in ((self.model.generator, self.lr_g), (self.model.discriminator, self.lr_d)):
             opt, schedule = optimizer_with_schedule(
-                net.parameters(), self.optimizer_factory, self.scheduler_config, total, lr
+                net.parameters(), self.optimizer_factory, self.schedule, total, lr
             )
             optimizers.append(opt)
             if schedule is not None:

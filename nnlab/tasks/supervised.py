@@ -9,12 +9,14 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from nnlab import compat
 from nnlab.rng import restore_rng_states, save_rng_states
 from nnlab.tasks.optim import configure
 
-# Lightning sets these around every hook call; nn.Module's __setattr__ (parameter, buffer and
-# submodule bookkeeping) costs more than the hook itself on small data.
-_PLAIN_ATTRS = frozenset({"_current_fx_name", "_epoch_lr", "diverged_at", "config_stamp"})
+# Lightning sets its own (named in compat) around every hook call, the task these each epoch;
+# nn.Module's __setattr__ (parameter, buffer and submodule bookkeeping) costs more than the hook
+# itself on small data.
+_PLAIN_ATTRS = compat.LIGHTNING_PER_HOOK_ATTRS | {"_epoch_lr", "diverged_at", "config_stamp"}
 
 
 # One Lightning step's data: TensorBatches yields a list of batches when asked to group them

@@ -20,8 +20,8 @@ import warnings
 import pytorch_lightning as pl
 import torch
 
+from nnlab.build import build
 from nnlab.config import compose_config
-from nnlab.train import build
 
 
 def quiet() -> None:

@@ -32,8 +32,9 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from nnlab.build import build
 from nnlab.config import compose_config
-from nnlab.train import build, train
+from nnlab.train import train
 
 # nnlab / variant must be at most these: issue 7 in every cell (1.25× the hand loop, faster than
 # stock Lightning), issue 2 for the MLP (0.6× stock).

@@ -1,0 +1,253 @@
+"""`nnlab sweep`: an Optuna search in which every trial is a normal run."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from nnlab.console import err, fmt, out, print_wide, user_errors
+from nnlab.errors import UserError, choice_error
+
+# What the command reads from `sweep.<key>=<value>` and from a preset: anything else would be
+# silently ignored (sweep.trails=5), so it is refused.
+SETTINGS = ("name", "metric", "direction", "trials", "sampler", "pruner")
+# A preset (conf/sweep/<name>.yaml) also holds the search space and the overrides every trial
+# shares; on the command line those are plain overrides.
+PRESET_KEYS = (*SETTINGS, "space", "fixed")
+
+
+def sweep(
+    space: list[str] | None = typer.Argument(
+        None, help="Swept and fixed overrides; sweep=<name> loads conf/sweep/<name>.yaml."
+    ),
+    trials: int | None = typer.Option(None, min=1, help="Total trials across all workers [20]."),
+    jobs: int = typer.Option(1, min=1, help="Worker processes on this machine."),
+    name: str | None = typer.Option(None, help="Sweep name: outputs/sweeps/<name>/ [sweep]."),
+    sampler: str | None = typer.Option(
+        None, help="tpe, random or grid [tpe; with --resume, the stored one]."
+    ),
+    pruner: str | None = typer.Option(
+        None, help="median or none [median; with --resume, the stored one]."
+    ),
+    storage: str | None = typer.Option(
+        None, help="Optuna RDB URL (postgresql://..., sqlite:///...); default: a journal file."
+    ),
+    study: str | None = typer.Option(None, help="Study name in the storage [the sweep name]."),
+    seed: int = typer.Option(0, help="Sampler seed."),
+    output_dir: Path = typer.Option(Path("outputs"), help="Where runs and sweeps live."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the existing study of this name as stored (its search space, metric "
+        "and settings); never start a new one. A different search space is refused.",
+    ),
+) -> None:
+    """Search hyperparameters with Optuna; every trial is a normal run. Re-run to resume.
+
+    A sweep is its search space: the same command again resumes it; a different space under the
+    same --name is refused (choose another --name).
+
+    Examples:
+
+      nnlab sweep 'optimizer=choice(sgd,momentum,adam)' 'optimizer.lr=tag(log,interval(1e-4,1e-1))'
+      'model.hidden=range(64,512,step=64)' trainer.max_epochs=10 --trials 30 --jobs 2
+
+      nnlab sweep sweep=mlp_digits --jobs 2
+
+      nnlab sweep 'norm=none,batch,layer' sweep.metric=val/loss --sampler grid
+
+      nnlab sweep sweep=mlp_digits --storage postgresql://user@db/nnlab --study mlp
+
+      nnlab sweep --name mlp_digits --resume --trials 30   # same space, more trials
+    """
+    with user_errors():
+        from nnlab import sweep as sweeps
+
+        settings, arguments = sweep_arguments(space or [])
+        sweep_name = name or str(settings.get("name", "sweep"))
+        if resume and not arguments:  # continue the study as stored: its space and settings
+            stored, arguments = sweeps.stored_settings(sweep_name, study, storage, str(output_dir))
+            settings = {**stored, **settings}
+        job = _job(
+            sweep_name,
+            settings,
+            arguments,
+            {"trials": trials, "sampler": sampler, "pruner": pruner},
+            storage=storage,
+            study=study,
+            output_dir=str(output_dir),
+            seed=seed,
+            threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0,
+            resume=resume,
+        )
+        result, best_file = _run(job, jobs)
+    _print_sweep(job, result, best_file)
+
+
+def sweep_arguments(arguments: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Split `sweep=<name>` / `sweep.<key>=<value>` settings from the search-space overrides;
+    settings come from conf/sweep/<name>.yaml first, then from the command line. UserError on
+    a setting the sweep would not read."""
+    from nnlab.config import load_preset
+
+    settings: dict[str, Any] = {}
+    rest: list[str] = []
+    for argument in arguments:
+        key, _, value = argument.partition("=")
+        if key == "sweep":
+            preset = load_preset("sweep", value)
+            unknown = [k for k in preset if k not in PRESET_KEYS]
+            if unknown:
+                raise choice_error(f"key in conf/sweep/{value}.yaml", unknown[0], PRESET_KEYS)
+            space = preset.pop("space", {}) or {}
+            rest = [
+                *(preset.pop("fixed", []) or []),
+                *(f"{k}={v}" for k, v in space.items()),
+                *rest,
+            ]
+            settings = {**preset, "name": value, **settings}
+        elif key.startswith("sweep."):
+            settings[_setting(key)] = value
+        else:
+            rest.append(argument)
+    return settings, rest
+
+
+def _setting(key: str) -> str:
+    """The setting named by a `sweep.<setting>` key."""
+    setting = key.removeprefix("sweep.")
+    if setting in ("space", "fixed"):
+        raise UserError(
+            f"{key} is a part of a conf/sweep/<name>.yaml preset; on the command line give the "
+            f"swept and fixed overrides themselves: 'optimizer.lr=interval(1e-4,1e-1)' "
+            f"trainer.max_epochs=10."
+        )
+    if setting not in SETTINGS:
+        raise choice_error("sweep setting", key, [f"sweep.{s}" for s in SETTINGS])
+    return setting
+
+
+def _job(
+    name: str,
+    settings: dict[str, Any],
+    arguments: list[str],
+    options: dict[str, Any],
+    **where: Any,
+) -> Any:
+    """The sweep to run: `options` given on the command line first, then `settings` (preset,
+    sweep.<key>=, stored study), then defaults; `where` (storage, seed, ...) as given."""
+    from nnlab import runs
+    from nnlab import sweep as sweeps
+
+    sampler = options["sampler"] or str(settings.get("sampler", "tpe"))
+    pruner = options["pruner"] or str(settings.get("pruner", "median"))
+    distributions, grid, fixed = sweeps.parse_space(arguments)
+    metric = str(settings.get("metric", "val/acc"))
+    lower = runs.lower_is_better(metric)
+    total = options["trials"] or _whole_number("sweep.trials", settings.get("trials", 20))
+    if sampler == "grid":
+        total = min(total, math.prod(len(v) for v in grid.values()) if grid else total)
+    return sweeps.Sweep(
+        name=name,
+        space=distributions,
+        grid=grid,
+        fixed=fixed,
+        trials=total,
+        metric=metric,
+        direction=str(settings.get("direction", ("maximize", "minimize")[lower])),
+        sampler=sampler,
+        pruner=pruner,
+        swept=[a for a in arguments if a not in fixed],
+        **where,
+    )
+
+
+def _run(job: Any, jobs: int) -> tuple[Any, Path | None]:
+    """The finished study and its best.yaml; bad settings are refused before any trial."""
+    from nnlab import sweep as sweeps
+
+    sweeps.check(job)
+    prepared = sweeps.prepare(job)  # refuses another search under this name: nothing written
+    where = sweeps.mask_url(job.storage) if job.storage else job.directory / sweeps.JOURNAL
+    out.print(
+        f"Sweep {job.name}: {job.trials} trials, {jobs} worker(s), {job.sampler} sampler, "
+        f"{job.direction} {job.metric}. Study: {where}",
+        highlight=False,
+    )
+    try:
+        result = sweeps.run(job, jobs, prepared)
+    except KeyboardInterrupt:
+        err.print("Sweep stopped. Run the same command again to resume it.")
+        raise typer.Exit(130) from None
+    return result, sweeps.write_best(job, result)
+
+
+def _print_sweep(job: Any, study: Any, best_file: Path | None) -> None:
+    from optuna.trial import TrialState
+    from rich.table import Table
+
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    done.sort(key=lambda t: t.value, reverse=job.direction == "maximize")
+    table = Table(title=f"best trials of {job.name} ({job.metric})", header_style="bold")
+    for column in ("trial", job.metric, "overrides"):
+        table.add_column(column, justify="right" if column != "overrides" else "left")
+    for t in done[:5]:
+        table.add_row(
+            str(t.number), fmt(t.value), " ".join(f"{k}={v}" for k, v in t.params.items())
+        )
+    print_wide(table)
+    states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    out.print(", ".join(f"{n} {s}" for s, n in states.items() if n), highlight=False)
+    _print_failures(trials)
+    if len(done) >= 2:
+        _print_importances(study)
+    if best_file is not None:
+        out.print(
+            f"Best overrides: {best_file}  (nnlab train --from-sweep {job.name})",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _print_failures(trials: list[Any]) -> None:
+    from optuna.trial import TrialState
+
+    reruns = {t.user_attrs.get("retry_of"): t.number for t in trials}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            rerun = f"rerun as trial {reruns[t.number]}" if t.number in reruns else "will be rerun"
+            why = f"interrupted ({rerun})" if t.user_attrs.get("interrupted") else ""
+            out.print(
+                f"failed trial {t.number}: {why or t.user_attrs.get('error', '?')}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+def _print_importances(study: Any) -> None:
+    import optuna
+
+    try:
+        importances = optuna.importance.get_param_importances(study)
+        out.print(
+            "parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()),
+            highlight=False,
+        )
+    except (RuntimeError, ValueError):
+        pass  # e.g. every completed trial has the same value
+
+
+def _whole_number(key: str, value: Any) -> int:
+    """A setting that counts something, from a preset or `sweep.<key>=`: a positive integer."""
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise UserError(f"Bad value for {key}: {value!r}. It must be a whole number of 1 or more.")
+    return number

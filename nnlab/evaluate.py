@@ -1,0 +1,57 @@
+"""`nnlab eval`: test a trained model again, rebuilt from its run's saved config."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+
+from nnlab import runs
+from nnlab.build import build
+from nnlab.errors import UserError
+from nnlab.models.layers import count_parameters
+from nnlab.restore import saved_run
+from nnlab.train import Result, prefixed, save_samples
+from nnlab.trainer import progress_bar, quiet_lightning
+
+
+def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> Result:
+    """Test a trained model: rebuild it from its run's saved config and load the checkpoint."""
+    quiet_lightning()
+    run_dir, ckpt, checkpoint, cfg = saved_run(target, overrides, output_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, task = build(cfg)
+    trainer = pl.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=cfg.trainer.precision,
+        logger=False,
+        enable_model_summary=False,
+        enable_progress_bar=cfg.trainer.enable_progress_bar,
+        callbacks=progress_bar(cfg, task),
+    )
+    start = time.perf_counter()
+    # The checkpoint is already in memory (it may carry the config): load it once, here.
+    try:
+        task.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise UserError(
+            f"{ckpt} does not fit the model its config builds ({type(err).__name__}: "
+            f"{str(err).splitlines()[0]}). Give a checkpoint written by nnlab train for this run, "
+            f"and do not override model settings when evaluating it."
+        ) from None
+    test = trainer.test(task, datamodule=datamodule, verbose=False)
+    metrics: dict[str, Any] = prefixed(test[0], "test/")
+    out_dir = run_dir if run_dir is not None else ckpt.parent
+    save_samples(task, out_dir)
+    metrics.update(
+        checkpoint=str(ckpt),
+        # Lightning stores the 0-based index of the epoch that wrote the checkpoint.
+        epoch=checkpoint.get("epoch", -1) + 1,
+        params=count_parameters(task.model),
+        wall_time_s=time.perf_counter() - start,
+        overrides=list(overrides),
+    )
+    runs.write_json(out_dir / runs.EVAL, metrics)
+    return Result(run_dir or out_dir, metrics)

@@ -1,0 +1,201 @@
+"""The Lightning Trainer nnlab trains and evaluates with: its callbacks, progress bar, logger and
+checkpoint plugin, and a quiet Lightning."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.profilers import PassThroughProfiler
+
+import nnlab
+from nnlab import compat, runs
+from nnlab.callbacks.checkpoint import ModelCheckpoint
+from nnlab.checkpoint_io import DeferredCheckpointIO
+from nnlab.errors import UserError
+from nnlab.tasks.supervised import SupervisedTask
+
+
+def quiet_lightning() -> None:
+    # Lightning's banner (GPU available..., model summary) drowns nnlab's own summary.
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*but have no `val_dataloader`.*")
+    # trainer.limit_val_batches=0 on in-memory data: no batches is what the user asked for
+    warnings.filterwarnings("ignore", ".*Total length of .* across ranks is zero.*")
+    warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*callbacks used to create the checkpoint need to be.*")
+    warnings.filterwarnings("ignore", ".*is an invalid version and will not be supported.*")
+    # the tasks sum their metrics over all processes themselves (SupervisedTask._epoch_metrics)
+    warnings.filterwarnings("ignore", ".*when logging on epoch level in distributed setting.*")
+    # a resumed run writes into its own, non-empty checkpoints/ on purpose
+    warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+
+
+def versions() -> dict[str, str]:
+    return {
+        "nnlab": nnlab.__version__,
+        "torch": torch.__version__,
+        "pytorch_lightning": pl.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def progress_bar(cfg: DictConfig, task: pl.LightningModule) -> list[pl.Callback]:
+    """Lightning's Rich bar; without its it/s column when each Lightning step holds several
+    batches (trainer.steps_per_execution): that rate would not be batches per second, and
+    reads 0.00 when an epoch is a single step."""
+    if not cfg.trainer.enable_progress_bar:
+        return []
+    grouping = isinstance(task, SupervisedTask) and cfg.trainer.steps_per_execution > 1
+    from pytorch_lightning.callbacks import RichProgressBar
+    from pytorch_lightning.callbacks.progress.rich_progress import ProcessingSpeedColumn
+
+    class Bar(RichProgressBar):
+        def configure_columns(self, trainer: pl.Trainer) -> list:
+            columns = super().configure_columns(trainer)
+            # Distributed runs take one batch per step (TensorBatches), so their rate is right.
+            grouped = grouping and trainer.world_size == 1
+            return [c for c in columns if not (grouped and isinstance(c, ProcessingSpeedColumn))]
+
+        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            super().on_train_start(trainer, pl_module)
+            # Rich draws the whole bar at once whenever a bar is added or reset, twice per
+            # epoch: 5% of a small model's epoch. The bar's thread redraws it within
+            # 1/refresh_rate s, and the final frame is drawn when the bar stops.
+            if self.progress is not None:
+                compat.defer_rich_redraws(self.progress)
+
+    # Lightning's default Rich bar redraws up to 100×/s from a thread that competes with
+    # training: +40% per epoch on small models (tests/perf/bench_overhead.py).
+    return [Bar(refresh_rate=10)]
+
+
+_UNPROFILED = contextlib.nullcontext()  # stateless, so one serves every `with`
+
+
+class QuietProfiler(PassThroughProfiler):
+    """Lightning's default profiler, which records nothing, without its cost. Lightning wraps
+    every hook it calls, and every step of its loops, in `trainer.profiler.profile(name)`,
+    about 300 times an epoch; the default still enters and leaves a generator-based context
+    manager each time: 0.7 ms of a 28 ms epoch (tests/perf/bench_overhead.py's MLP at batch
+    256). This one hands out a single shared do-nothing context."""
+
+    def profile(self, action_name: str) -> contextlib.AbstractContextManager[None]:
+        return _UNPROFILED
+
+
+def make_trainer(
+    cfg: DictConfig, run_dir: Path, task: pl.LightningModule, extra_callbacks: list[pl.Callback]
+) -> pl.Trainer:
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    from nnlab.distributed import single_machine_strategy
+    from nnlab.logger import TensorBoard
+
+    args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    del args["steps_per_execution"]  # nnlab's, not Lightning's: build() hands it to the data
+    if isinstance(task, SupervisedTask):
+        # Applied by the task and its data (build()): Lightning refuses to clip for a task that
+        # steps its own optimizer, and would count lists of batches against the limit.
+        for key in ("gradient_clip_val", "gradient_clip_algorithm"):
+            del args[key]
+        for split in ("train", "val", "test"):
+            del args[f"limit_{split}_batches"]
+    args = {k: v for k, v in args.items() if not (k.startswith("limit_") and v is None)}
+    # one machine: the rendezvous listens on loopback only (nnlab/distributed.py says why)
+    args["strategy"] = single_machine_strategy(args["strategy"], args["num_nodes"])
+    # Validate at least once (at the end), or no metric would ever pick best.ckpt.
+    args["check_val_every_n_epoch"] = min(args["check_val_every_n_epoch"], args["max_epochs"])
+    monitor = cfg.callbacks.monitor or task.monitor[0]
+    lower = runs.lower_is_better(monitor)
+    guessed = task.monitor[1] if monitor == task.monitor[0] else ("max", "min")[lower]
+    mode = cfg.callbacks.mode or guessed
+    kept = {"dirpath": run_dir / runs.CHECKPOINTS, "save_top_k": 1, "enable_version_counter": False}
+    # With validation off (trainer.limit_val_batches=0) a val/ monitor never gets a value.
+    unseen = cfg.trainer.limit_val_batches == 0 and monitor.startswith("val/")
+    patience = cfg.callbacks.early_stopping_patience
+    if patience > 0 and unseen:
+        raise UserError(
+            f"callbacks.early_stopping_patience={patience} stops training when {monitor} stops "
+            f"improving, but trainer.limit_val_batches=0 turns validation off, so {monitor} "
+            f"never comes. Stop on a training metric (callbacks.monitor=train/loss), validate "
+            f"(drop trainer.limit_val_batches=0), or set callbacks.early_stopping_patience=0."
+        )
+    # Weights only (a third of the size with Adam's state): evaluating and predicting need no
+    # more, and resuming reads last.ckpt. None when its monitor never comes: the run is scored
+    # with last.ckpt, and Lightning does not warn that it cannot find the metric.
+    best = ModelCheckpoint(
+        filename="best", monitor=monitor, mode=mode, save_weights_only=True, **kept
+    )
+    callbacks: list[pl.Callback] = [
+        *([] if unseen else [best]),
+        # Every epoch's end, for resuming. Not save_last=True: Lightning then writes last.ckpt
+        # only in epochs that improve best.ckpt.
+        ModelCheckpoint(filename="last", **kept),
+        *extra_callbacks,
+    ]
+    callbacks += progress_bar(cfg, task)
+    if patience > 0:
+        callbacks.append(
+            EarlyStopping(
+                monitor=monitor,
+                mode=mode,
+                patience=patience,
+            )
+        )
+    # A profiler the user asked for records as ever; otherwise one that records nothing and
+    # costs nothing (QuietProfiler).
+    profiler = args.pop("profiler", None) or QuietProfiler()
+    logger: Any = False
+    if cfg.logger.kind == "tensorboard":
+        logger = TensorBoard(
+            save_dir=str(run_dir), name=runs.TB, version="", default_hp_metric=False
+        )
+    trainer = pl.Trainer(
+        **args,
+        profiler=profiler,
+        logger=logger,
+        callbacks=callbacks,
+        plugins=[DeferredCheckpointIO(cfg.callbacks.checkpoint_interval_s)],
+        default_root_dir=str(run_dir),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    # Deterministic mode (trainer.deterministic) also has torch fill every new tensor with NaN, a
+    # guard for code that reads memory it never wrote. PyTorch documents that code which does
+    # not, such as torch's own layers, stays deterministic without it; it costs 1-3% of a small
+    # model's epoch (tests/perf/bench_overhead.py).
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    if logger:
+        logger.steps = lambda: trainer.global_step
+    return trainer
+
+
+@contextlib.contextmanager
+def plain_cuda_probe(trainer: pl.Trainer) -> Iterator[None]:
+    """Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 when imported, so that processes it forks
+    can still start CUDA. Until CUDA starts, torch then asks NVML afresh at every
+    torch.cuda.is_available(), and every optimizer step calls it: about 70 µs a step on a
+    machine without a GPU, as much as a small model's arithmetic. A run on the CPU never starts
+    CUDA, so it trains without the variable."""
+    name = "PYTORCH_NVML_BASED_CUDA_CHECK"
+    saved = os.environ.get(name)
+    if trainer.strategy.root_device.type == "cpu":
+        os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
