@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import warnings
-from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from nnlab.errors import UserError, choice_error, did_you_mean
+from nnlab.presets import PRIMARY, conf_dir, default_choices, groups, known_targets, preset_node
 from nnlab.schemas import SCHEMAS, TrainSchema, missing_sections
-
-PRIMARY = "train"
 
 
 class FilledFromDefaults(UserWarning):
@@ -26,27 +22,6 @@ class FilledFromDefaults(UserWarning):
 # Keys Hydra reads to build objects: a group choice sets them, and a wrong one fails deep inside
 # instantiate, so overriding them is refused up front.
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
-
-
-def conf_dir() -> Path:
-    """The packaged conf/ directory (nnlab.conf inside a wheel, ./conf in an editable install)."""
-    return Path(str(files("nnlab.conf")))
-
-
-def groups() -> dict[str, list[str]]:
-    """Every config group and its choices, read from the conf/ tree."""
-    root = conf_dir()
-    return {
-        d.name: sorted(p.stem for p in d.glob("*.yaml"))
-        for d in sorted(root.iterdir())
-        if d.is_dir() and not d.name.startswith("_") and any(d.glob("*.yaml"))
-    }
-
-
-def default_choices() -> dict[str, str]:
-    """group → default choice, from the defaults list of train.yaml."""
-    defaults = OmegaConf.load(conf_dir() / f"{PRIMARY}.yaml").defaults
-    return {k: v for entry in defaults if isinstance(entry, DictConfig) for k, v in entry.items()}
 
 
 def _split(override: str) -> tuple[str, str]:
@@ -182,17 +157,6 @@ def validate(cfg: DictConfig, choices: dict[str, str]) -> None:
         )
 
 
-@functools.cache
-def known_targets() -> frozenset[str]:
-    """Every `_target_` in the packaged conf/: the only code a config may name."""
-    return frozenset(
-        preset_node(group, choice)["_target_"]
-        for group, choices in groups().items()
-        for choice in choices
-        if "_target_" in preset_node(group, choice)
-    )
-
-
 def _check_targets(node: Any, where: str = "") -> None:
     """A `_target_` anywhere in the config must be one of nnlab's own: Hydra would import and
     call whatever it names (shutil.copyfile, torch.load of a pickle, ...)."""
@@ -210,19 +174,6 @@ def _check_targets(node: Any, where: str = "") -> None:
                 f"own conf/ does ({', '.join(sorted(known_targets()))})."
             )
         _check_targets(value, path)
-
-
-def preset_node(group: str, choice: str) -> dict[str, Any]:
-    """What conf/<group>/<choice>.yaml puts under `group` (its own node, or the `group:` part
-    of a `@package _global_` preset such as model=gan), uninterpolated; {} if there is none."""
-    path = conf_dir() / group / f"{choice}.yaml"
-    if not path.is_file():
-        return {}
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
-    raw.pop("defaults", None)
-    is_global = path.read_text().lstrip().startswith("# @package _global_")
-    node = raw.get(group, {}) if is_global else raw
-    return node if isinstance(node, dict) else {}
 
 
 def infer_choices(saved: dict[str, Any]) -> dict[str, str]:
@@ -307,15 +258,6 @@ def _check_bounds(key: str, value: Any, bounds: Any) -> None:
     for name, (ok, words) in tests.items():
         if name in bounds and not ok(value, bounds[name]):
             raise UserError(f"Bad value for {key}: {value}. It must be {words} {bounds[name]}.")
-
-
-def load_preset(group: str, name: str) -> dict[str, Any]:
-    """conf/<group>/<name>.yaml as plain data: the presets nnlab reads itself rather than
-    composing into the train config (sweep, experiment)."""
-    known = groups().get(group, [])
-    if name not in known:
-        raise choice_error(group, name, known)
-    return OmegaConf.to_container(OmegaConf.load(conf_dir() / group / f"{name}.yaml")) or {}
 
 
 def take_argument(arguments: list[str], key: str) -> tuple[list[str], list[str]]:

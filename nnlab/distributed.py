@@ -11,6 +11,7 @@ socket bound beforehand; gloo's is the GLOO_SOCKET_IFNAME variable.
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
 import socket
@@ -98,8 +99,17 @@ class LoopbackDDPStrategy(DDPStrategy):
                 timeout=self.rendezvous_timeout,
                 device_id=device if device.type != "cpu" else None,
             )
+            # Lightning keeps the group for the process's life; torch must take it (and the store
+            # whose server thread it holds) down before the interpreter ends, or the process can
+            # abort in exit ("terminate called without an active exception", SIGABRT).
+            atexit.register(_destroy_group)
         # With the process group up, Lightning's own setup skips creating one and does the rest.
         super().setup_distributed()
+
+
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def single_machine_strategy(strategy: Any, num_nodes: int) -> Any:

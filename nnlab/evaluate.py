@@ -13,7 +13,7 @@ from nnlab.errors import UserError
 from nnlab.models.layers import count_parameters
 from nnlab.restore import saved_run
 from nnlab.train import Result, prefixed, save_samples
-from nnlab.trainer import progress_bar, quiet_lightning
+from nnlab.trainer import eval_trainer, quiet_lightning
 
 
 def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> Result:
@@ -22,15 +22,7 @@ def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> 
     run_dir, ckpt, checkpoint, cfg = saved_run(target, overrides, output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, task = build(cfg)
-    trainer = pl.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        precision=cfg.trainer.precision,
-        logger=False,
-        enable_model_summary=False,
-        enable_progress_bar=cfg.trainer.enable_progress_bar,
-        callbacks=progress_bar(cfg, task),
-    )
+    trainer = eval_trainer(cfg, task)
     start = time.perf_counter()
     # The checkpoint is already in memory (it may carry the config): load it once, here.
     try:

@@ -15,8 +15,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from nnlab.config import load_preset, take_argument
+from nnlab.config import take_argument
 from nnlab.errors import UserError
+from nnlab.presets import load_preset
 
 GROUP = "experiment"
 

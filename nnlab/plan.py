@@ -85,11 +85,11 @@ def _combinations(
 ) -> list[RunSpec]:
     """Every experiment run times every -m combination, each composed."""
     from nnlab import experiments
-    from nnlab import sweep as sweeps
     from nnlab.config import compose_config
+    from nnlab.search_space import expand_multirun
 
     labels = list(experiment.runs) if experiment else [""]
-    combinations = sweeps.expand_multirun(overrides) if multirun else [overrides]
+    combinations = expand_multirun(overrides) if multirun else [overrides]
     specs = []
     for label in labels:
         for given in combinations:

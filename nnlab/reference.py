@@ -16,7 +16,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
@@ -109,13 +108,12 @@ def reference_judge(
         task = ClassificationTask(
             model, partial(torch.optim.Adam, lr=1e-3), constant_lr, num_classes=classes
         )
-        trainer = pl.Trainer(
+        from nnlab.trainer import plain_trainer
+
+        trainer = plain_trainer(
             max_epochs=REFERENCE_EPOCHS,
-            logger=False,
             enable_checkpointing=False,
             enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
             limit_val_batches=0,
         )
         trainer.fit(task, train_dataloaders=datamodule.train_dataloader())

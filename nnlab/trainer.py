@@ -99,10 +99,59 @@ class QuietProfiler(PassThroughProfiler):
 def make_trainer(
     cfg: DictConfig, run_dir: Path, task: pl.LightningModule, extra_callbacks: list[pl.Callback]
 ) -> pl.Trainer:
-    from pytorch_lightning.callbacks import EarlyStopping
-
-    from nnlab.distributed import single_machine_strategy
+    """The Trainer that trains a run: its checkpoints, early stopping, bar and logger."""
     from nnlab.logger import TensorBoard
+
+    args = _trainer_args(cfg, task)
+    callbacks = [*_checkpoint_callbacks(cfg, run_dir, task), *extra_callbacks]
+    callbacks += progress_bar(cfg, task)
+    logger: Any = False
+    if cfg.logger.kind == "tensorboard":
+        logger = TensorBoard(
+            save_dir=str(run_dir), name=runs.TB, version="", default_hp_metric=False
+        )
+    trainer = plain_trainer(
+        **args,
+        logger=logger,
+        callbacks=callbacks,
+        plugins=[DeferredCheckpointIO(cfg.callbacks.checkpoint_interval_s)],
+        default_root_dir=str(run_dir),
+    )
+    if logger:
+        logger.steps = lambda: trainer.global_step
+    return trainer
+
+
+def plain_trainer(**args: Any) -> pl.Trainer:
+    """A Trainer with nnlab's quiet defaults (no model summary, no sanity check, no logger or
+    checkpoints unless given); training, evaluation and the reference judge all use it."""
+    # A profiler the user asked for records as ever; otherwise one that records nothing and
+    # costs nothing (QuietProfiler).
+    args["profiler"] = args.get("profiler") or QuietProfiler()
+    defaults = {"logger": False, "enable_model_summary": False, "num_sanity_val_steps": 0}
+    trainer = pl.Trainer(**{**defaults, **args})
+    # Deterministic mode (trainer.deterministic) also has torch fill every new tensor with NaN, a
+    # guard for code that reads memory it never wrote. PyTorch documents that code which does
+    # not, such as torch's own layers, stays deterministic without it; it costs 1-3% of a small
+    # model's epoch (tests/perf/bench_overhead.py).
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    return trainer
+
+
+def eval_trainer(cfg: DictConfig, task: pl.LightningModule) -> pl.Trainer:
+    """The Trainer that tests a saved run again on the devices its config names."""
+    return plain_trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=cfg.trainer.precision,
+        enable_progress_bar=cfg.trainer.enable_progress_bar,
+        callbacks=progress_bar(cfg, task),
+    )
+
+
+def _trainer_args(cfg: DictConfig, task: pl.LightningModule) -> dict[str, Any]:
+    """cfg.trainer as pl.Trainer arguments, less what nnlab applies itself."""
+    from nnlab.distributed import single_machine_strategy
 
     args = OmegaConf.to_container(cfg.trainer, resolve=True)
     del args["steps_per_execution"]  # nnlab's, not Lightning's: build() hands it to the data
@@ -118,6 +167,15 @@ def make_trainer(
     args["strategy"] = single_machine_strategy(args["strategy"], args["num_nodes"])
     # Validate at least once (at the end), or no metric would ever pick best.ckpt.
     args["check_val_every_n_epoch"] = min(args["check_val_every_n_epoch"], args["max_epochs"])
+    return args
+
+
+def _checkpoint_callbacks(
+    cfg: DictConfig, run_dir: Path, task: pl.LightningModule
+) -> list[pl.Callback]:
+    """best.ckpt (by the monitor), last.ckpt (every epoch) and early stopping."""
+    from pytorch_lightning.callbacks import EarlyStopping
+
     monitor = cfg.callbacks.monitor or task.monitor[0]
     lower = runs.lower_is_better(monitor)
     guessed = task.monitor[1] if monitor == task.monitor[0] else ("max", "min")[lower]
@@ -139,48 +197,13 @@ def make_trainer(
     best = ModelCheckpoint(
         filename="best", monitor=monitor, mode=mode, save_weights_only=True, **kept
     )
-    callbacks: list[pl.Callback] = [
+    return [
         *([] if unseen else [best]),
         # Every epoch's end, for resuming. Not save_last=True: Lightning then writes last.ckpt
         # only in epochs that improve best.ckpt.
         ModelCheckpoint(filename="last", **kept),
-        *extra_callbacks,
+        *([EarlyStopping(monitor=monitor, mode=mode, patience=patience)] if patience > 0 else []),
     ]
-    callbacks += progress_bar(cfg, task)
-    if patience > 0:
-        callbacks.append(
-            EarlyStopping(
-                monitor=monitor,
-                mode=mode,
-                patience=patience,
-            )
-        )
-    # A profiler the user asked for records as ever; otherwise one that records nothing and
-    # costs nothing (QuietProfiler).
-    profiler = args.pop("profiler", None) or QuietProfiler()
-    logger: Any = False
-    if cfg.logger.kind == "tensorboard":
-        logger = TensorBoard(
-            save_dir=str(run_dir), name=runs.TB, version="", default_hp_metric=False
-        )
-    trainer = pl.Trainer(
-        **args,
-        profiler=profiler,
-        logger=logger,
-        callbacks=callbacks,
-        plugins=[DeferredCheckpointIO(cfg.callbacks.checkpoint_interval_s)],
-        default_root_dir=str(run_dir),
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    # Deterministic mode (trainer.deterministic) also has torch fill every new tensor with NaN, a
-    # guard for code that reads memory it never wrote. PyTorch documents that code which does
-    # not, such as torch's own layers, stays deterministic without it; it costs 1-3% of a small
-    # model's epoch (tests/perf/bench_overhead.py).
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    if logger:
-        logger.steps = lambda: trainer.global_step
-    return trainer
 
 
 @contextlib.contextmanager

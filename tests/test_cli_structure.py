@@ -70,7 +70,7 @@ def test_space_and_fixed_belong_in_a_preset():
 
 def test_an_unknown_key_in_a_sweep_preset_is_refused(monkeypatch):
     preset = {"metric": "val/acc", "trails": 5, "space": {"optimizer.lr": "interval(0.1,1)"}}
-    monkeypatch.setattr("nnlab.config.load_preset", lambda group, name: dict(preset))
+    monkeypatch.setattr("nnlab.presets.load_preset", lambda group, name: dict(preset))
     with pytest.raises(UserError) as refused:
         sweep_arguments(["sweep=mine"])
     message = str(refused.value)

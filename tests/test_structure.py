@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nnlab"
 LAYERS = (
     ("nnlab.cli",),
     ("nnlab.commands",),
-    ("nnlab.plan", "nnlab.sweep"),
+    ("nnlab.plan", "nnlab.sweep", "nnlab.study"),
     ("nnlab.train", "nnlab.evaluate", "nnlab.restore", "nnlab.predict", "nnlab.export"),
     # reference: the GAN's judge, which build asks for and which trains a classifier of its own
     ("nnlab.build", "nnlab.trainer", "nnlab.reference"),

@@ -22,7 +22,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from nnlab import sweep as sweeps
+from nnlab.storage_urls import mask_url, scrub
 from tests.helpers import assert_clear_error
 
 # One epoch of two batches: the trials are a second each, so the tests are about the sweep.
@@ -266,13 +266,13 @@ def test_storage_passwords_are_never_printed(nnlab, workdir, url):
     ],
 )
 def test_mask_url(url, masked):
-    assert sweeps.mask_url(url) == masked
+    assert mask_url(url) == masked
 
 
 def test_scrub_masks_the_password_as_typed_and_decoded():
     url = "postgresql://user:p%40ss-word@host/db"
     text = f"could not connect to {url}: user 'user', password 'p@ss-word' refused (p%40ss-word)"
-    assert sweeps.scrub(text, url) == (
+    assert scrub(text, url) == (
         "could not connect to postgresql://user:***@host/db: user 'user', password '***' "
         "refused (***)"
     )

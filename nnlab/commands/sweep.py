@@ -65,12 +65,12 @@ def sweep(
       nnlab sweep --name mlp_digits --resume --trials 30   # same space, more trials
     """
     with user_errors():
-        from nnlab import sweep as sweeps
+        from nnlab import study as studies
 
         settings, arguments = sweep_arguments(space or [])
         sweep_name = name or str(settings.get("name", "sweep"))
         if resume and not arguments:  # continue the study as stored: its space and settings
-            stored, arguments = sweeps.stored_settings(sweep_name, study, storage, str(output_dir))
+            stored, arguments = studies.stored_settings(sweep_name, study, storage, str(output_dir))
             settings = {**stored, **settings}
         job = _job(
             sweep_name,
@@ -92,7 +92,7 @@ def sweep_arguments(arguments: list[str]) -> tuple[dict[str, Any], list[str]]:
     """Split `sweep=<name>` / `sweep.<key>=<value>` settings from the search-space overrides;
     settings come from conf/sweep/<name>.yaml first, then from the command line. UserError on
     a setting the sweep would not read."""
-    from nnlab.config import load_preset
+    from nnlab.presets import load_preset
 
     settings: dict[str, Any] = {}
     rest: list[str] = []
@@ -141,17 +141,18 @@ def _job(
     """The sweep to run: `options` given on the command line first, then `settings` (preset,
     sweep.<key>=, stored study), then defaults; `where` (storage, seed, ...) as given."""
     from nnlab import runs
-    from nnlab import sweep as sweeps
+    from nnlab.search_space import parse_space
+    from nnlab.study import Sweep
 
     sampler = options["sampler"] or str(settings.get("sampler", "tpe"))
     pruner = options["pruner"] or str(settings.get("pruner", "median"))
-    distributions, grid, fixed = sweeps.parse_space(arguments)
+    distributions, grid, fixed = parse_space(arguments)
     metric = str(settings.get("metric", "val/acc"))
     lower = runs.lower_is_better(metric)
     total = options["trials"] or _whole_number("sweep.trials", settings.get("trials", 20))
     if sampler == "grid":
         total = min(total, math.prod(len(v) for v in grid.values()) if grid else total)
-    return sweeps.Sweep(
+    return Sweep(
         name=name,
         space=distributions,
         grid=grid,
@@ -168,11 +169,13 @@ def _job(
 
 def _run(job: Any, jobs: int) -> tuple[Any, Path | None]:
     """The finished study and its best.yaml; bad settings are refused before any trial."""
+    from nnlab import study as studies
     from nnlab import sweep as sweeps
+    from nnlab.storage_urls import mask_url
 
     sweeps.check(job)
-    prepared = sweeps.prepare(job)  # refuses another search under this name: nothing written
-    where = sweeps.mask_url(job.storage) if job.storage else job.directory / sweeps.JOURNAL
+    prepared = studies.prepare(job)  # refuses another search under this name: nothing written
+    where = mask_url(job.storage) if job.storage else job.directory / studies.JOURNAL
     out.print(
         f"Sweep {job.name}: {job.trials} trials, {jobs} worker(s), {job.sampler} sampler, "
         f"{job.direction} {job.metric}. Study: {where}",
