@@ -132,7 +132,10 @@ def _assemble(
     flow = None
     if cfg.callbacks.grad_flow and isinstance(task, SupervisedTask):
         flow = GradientFlow(every=cfg.callbacks.grad_flow_every)
-    extra = [*callbacks, stop, _StartRecord(record), *([flow] if flow else [])]
+    # Only a resumed run needs _StartRecord: Lightning calls every callback at every step, about
+    # 1% of a small model's epoch for one that acts once.
+    starts = [_StartRecord(record)] if record.resumed else []
+    extra = [*callbacks, stop, *starts, *([flow] if flow else [])]
     try:
         return make_trainer(cfg, record.run_dir, task, extra), flow, stop
     except Exception as err:  # accelerator=gpu without a GPU, an unknown argument, ...
