@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 import warnings
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from nnlab.errors import UserError, choice_error, did_you_mean
+from nnlab.errors import Notice, UserError, choice_error, did_you_mean
+from nnlab.paths import expand_override, expand_path, expand_saved_paths, path_keys
 from nnlab.presets import PRIMARY, conf_dir, default_choices, groups, known_targets, preset_node
 from nnlab.schemas import SCHEMAS, TrainSchema, missing_sections
 
 
-class FilledFromDefaults(UserWarning):
+class FilledFromDefaults(Notice):
     """A saved config lacked keys that today's defaults filled: said, never silent."""
 
 
@@ -87,6 +89,35 @@ def _top_level_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainSchema)]
 
 
+def _unreadable(overrides: list[str]) -> str | None:
+    """The first override Hydra's grammar cannot parse, if one of them is."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except HydraException:
+            return override
+    return None
+
+
+def _grammar_error(override: str) -> UserError:
+    from hydra.core.override_parser.types import Quote, QuotedString
+
+    key, _, value = override.partition("=")
+    quote = Quote.double if '"' not in value or "'" in value else Quote.single
+    quoted = shlex.quote(f"{key}={QuotedString(text=value, quote=quote).with_quotes()}")
+    return UserError(
+        f"Cannot read the override '{override}': nnlab reads overrides with Hydra's override "
+        f"grammar, where brackets, braces, parentheses, commas, quotes and '=' in a value are "
+        f"structure and characters such as ~ ! # & ; < > are refused. To pass the value as "
+        f"text, quote it once for the grammar and once more for the shell: {quoted} in bash. "
+        f"A list needs matching brackets, for example model.channels=[32,64]."
+    )
+
+
 def _compose(overrides: list[str], hydra_node: bool = False) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -95,13 +126,16 @@ def _compose(overrides: list[str], hydra_node: bool = False) -> DictConfig:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             return compose(PRIMARY, overrides=overrides, return_hydra_config=hydra_node)
     except (HydraException, OmegaConfBaseException) as err:
-        # Anything _check_groups and _check_keys do not foresee (bad override syntax, mostly).
+        unreadable = _unreadable(overrides)
+        if unreadable is not None:
+            raise _grammar_error(unreadable) from None
+        # Anything else _check_groups and _check_keys do not foresee.
         raise UserError(f"Cannot apply overrides {' '.join(overrides)}: {err}") from None
 
 
 def compose_config(overrides: list[str] | None = None) -> tuple[DictConfig, dict[str, str]]:
     """The validated train config for `overrides`, and the chosen option of every group."""
-    overrides = list(overrides or [])
+    overrides = [expand_override(o) for o in overrides or []]
     group_overrides, dotted = _check_groups(overrides)
     try:
         cfg = _compose(overrides, hydra_node=True)
@@ -196,9 +230,19 @@ def infer_choices(saved: dict[str, Any]) -> dict[str, str]:
     return choices
 
 
+def _as_text(node: Any) -> Any:
+    """`node` (resolved) with every `${` escaped, so that merging it does not read a literal
+    `${` (a path from an expanded `$VAR`, say) as an interpolation again."""
+    if isinstance(node, dict):
+        return {k: _as_text(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_as_text(v) for v in node]
+    return node.replace("${", "\\${") if isinstance(node, str) else node
+
+
 def _check_node(node: dict[str, Any], schema: type, prefix: str) -> None:
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(schema), node)
+        typed = OmegaConf.merge(OmegaConf.structured(schema), _as_text(node))
     except ConfigKeyError as err:
         known = [f.name for f in dataclasses.fields(schema)]
         raise UserError(
@@ -261,8 +305,11 @@ def _check_bounds(key: str, value: Any, bounds: Any) -> None:
 
 
 def take_argument(arguments: list[str], key: str) -> tuple[list[str], list[str]]:
-    """The values given as `key=value` for one key, and the other arguments in order."""
+    """The values given as `key=value` for one key (a path's expanded, see expand_path), and the
+    other arguments in order."""
     taken = [a.partition("=")[2] for a in arguments if a.partition("=")[0] == key]
+    if key in path_keys():
+        taken = [expand_path(key, v, escape=False) or v for v in taken]
     return taken, [a for a in arguments if a.partition("=")[0] != key]
 
 
@@ -292,6 +339,7 @@ def saved_run_config(
         if unknown:
             group, choice = next(iter(unknown.items()))
             raise choice_error(f"{group} choice", choice, groups()[group])
+        saved = expand_saved_paths(saved)
         # unvalidated: mandatory keys (data.root) are filled by the saved config below
         base = _compose([f"{g}={c}" for g, c in choices.items() if g in groups()])
         absent = missing_sections(saved)
@@ -347,7 +395,10 @@ def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
                 + (f" Keys there: {', '.join(options)}." if options else "")
                 + did_you_mean(leaf, options)
             )
-        OmegaConf.update(cfg, key, _parse_value(value), merge=False)
+        quoted = value.startswith(("'", '"'))  # taken as written, as bash takes '...'
+        expanded = expand_path(key, value) if key in path_keys() and not quoted else None
+        parsed = expanded if expanded is not None else _parse_value(value)
+        OmegaConf.update(cfg, key, parsed, merge=False)
     return cfg
 
 

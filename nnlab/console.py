@@ -5,7 +5,6 @@ Torch-free on purpose: the CLI imports it at start-up, and `nnlab --help` must s
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -79,23 +78,19 @@ def results_table(title: str, metrics: dict[str, Any], keys: list[str]) -> Table
 
 
 def show_warnings_plainly() -> None:
-    """Gradient-flow warnings and notes on saved configs are for the user: one readable line,
-    no source excerpt. Installed once per process (train may run many times in one, as in
-    tests)."""
+    """nnlab's notices (nnlab.errors.Notice: gradient flow, saved configs, skipped annotations)
+    are for the user: one readable line, no source excerpt. Installed once per process (train
+    may run many times in one, as in tests)."""
     import warnings
 
-    from nnlab.config import FilledFromDefaults
+    from nnlab.errors import Notice
 
     original = warnings.showwarning
     if getattr(original, "nnlab_plain", False):
         return
 
     def show(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
-        # Looked up when a warning comes rather than imported now: the gradient-flow module
-        # pulls in torch, and only a loaded module can have raised its warning.
-        grad_flow = sys.modules.get("nnlab.callbacks.grad_flow")
-        plain = (FilledFromDefaults, *([grad_flow.GradientFlowWarning] if grad_flow else []))
-        if issubclass(category, plain):
+        if issubclass(category, Notice):
             err.print(f"[bold yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
         else:
             original(message, category, *args, **kwargs)

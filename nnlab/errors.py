@@ -12,6 +12,11 @@ from pathlib import Path
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
 
 
+class Notice(UserWarning):
+    """Advice for the user (gradients vanish, a saved config lacked keys, annotations were
+    skipped): the CLI prints it as one plain line, without Python's source excerpt."""
+
+
 class UserError(Exception):
     """Bad input from the user: the CLI prints the message and exits with code 2."""
 

@@ -1,7 +1,9 @@
 """Typed schemas for every config group choice: types and bounds that compose cannot check.
 
 Each field may carry bounds (`gt`, `ge`, `lt`, `le`) or `choices` in its metadata; config.py
-merges a composed node into its schema (type check) and then checks the bounds.
+merges a composed node into its schema (type check) and then checks the bounds. `path=True` marks
+a filesystem path: config.py expands a leading `~` and `$VAR` / `${VAR}` in its value, as bash
+would (bash itself does not after `key=`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ MAX_SEED = 2**32 - 1  # numpy and scikit-learn take 32-bit seeds
 
 def spec(**bounds: Any) -> Any:
     """A required schema field with optional bounds: gt, ge, lt, le, choices, and length or
-    min_length for lists (whose items the other bounds then apply to)."""
+    min_length for lists (whose items the other bounds then apply to); path=True for a path."""
     return field(default=MISSING, metadata=bounds)
 
 
@@ -39,7 +41,7 @@ class TrainSchema:
     tags: List[str] = field(default_factory=list)  # noqa: UP006
     loss: str = spec(choices=LOSSES)
     eval_train: bool = spec()
-    output_dir: str = spec()
+    output_dir: str = spec(path=True)
 
 
 @dataclass
@@ -104,7 +106,7 @@ class FasterRCNNSchema:
     _target_: str = spec()
     backbone: str = spec(choices=BACKBONES)
     channels: List[int] = spec(ge=1, min_length=1)  # noqa: UP006
-    weights: Optional[str] = spec()  # noqa: UP045
+    weights: Optional[str] = spec(path=True)  # noqa: UP045
     anchor_sizes: List[int] = spec()  # noqa: UP006
     aspect_ratios: List[float] = spec()  # noqa: UP006
     min_size: int = spec(ge=16)
@@ -172,12 +174,12 @@ class SineSchema(GeneratedSchema):
 @dataclass
 class VisionSchema(SplitSchema):
     dataset: str = spec()
-    root: str = spec()
+    root: str = spec(path=True)
 
 
 @dataclass
 class ImageFolderSchema(DigitsSchema):
-    root: str = spec()
+    root: str = spec(path=True)
     image_size: int = spec(ge=4)
     grayscale: bool = spec()
 
@@ -201,13 +203,13 @@ class ShapesSchema:
 @dataclass
 class CocoSchema:
     _target_: str = spec()
-    root: str = spec()
-    images: str = spec()
-    annotations: str = spec()
-    val_images: Optional[str] = spec()  # noqa: UP045
-    val_annotations: Optional[str] = spec()  # noqa: UP045
-    test_images: Optional[str] = spec()  # noqa: UP045
-    test_annotations: Optional[str] = spec()  # noqa: UP045
+    root: str = spec(path=True)
+    images: str = spec(path=True)
+    annotations: str = spec(path=True)
+    val_images: Optional[str] = spec(path=True)  # noqa: UP045
+    val_annotations: Optional[str] = spec(path=True)  # noqa: UP045
+    test_images: Optional[str] = spec(path=True)  # noqa: UP045
+    test_annotations: Optional[str] = spec(path=True)  # noqa: UP045
     val_fraction: float = spec(gt=0.0, lt=1.0)
     test_fraction: float = spec(gt=0.0, lt=1.0)
     split_seed: int = spec(ge=0, le=MAX_SEED)

@@ -7,6 +7,7 @@ temporary folder: `write_mnist(tmp_path)` then `TorchvisionDataModule("mnist", s
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
 import struct
 import zlib
@@ -183,3 +184,27 @@ def plant_in_cifar_batch(file: Path, payload: object) -> None:
     batch[b"batch_label"] = payload
     with open(file, "wb") as f:
         pickle.dump(batch, f)
+
+
+def write_coco_json(
+    root: Path,
+    images: list[dict],
+    annotations: list[dict],
+    categories: list[dict] | None = None,
+) -> Path:
+    """A COCO dataset from hand-written entries: root/images/<file_name> (grey images of each
+    entry's width × height) and root/annotations.json; returns the JSON's path. Annotations are
+    written as given, so they may point at images that are not there."""
+    folder = Path(root) / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in images:
+        pixels = np.full((entry["height"], entry["width"], 3), 90, dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / entry["file_name"])
+    coco = {
+        "images": images,
+        "annotations": annotations,
+        "categories": categories or [{"id": 1, "name": "thing"}],
+    }
+    path = Path(root) / "annotations.json"
+    path.write_text(json.dumps(coco))
+    return path

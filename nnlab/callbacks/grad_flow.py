@@ -11,10 +11,11 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from nnlab.errors import Notice
 from nnlab.logger import write_scalars
 
 
-class GradientFlowWarning(UserWarning):
+class GradientFlowWarning(Notice):
     """Gradients vanish or explode: training will stall or diverge."""
 
 

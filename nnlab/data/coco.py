@@ -8,6 +8,7 @@ Without separate validation/test annotation files, both are carved from the trai
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
 from nnlab.data.base import EpochShuffle
-from nnlab.data.detection import DetectionDataModule, Target
-from nnlab.errors import UserError
+from nnlab.data.detection import CROWD_BOXES, CROWD_LABELS, DetectionDataModule, Target
+from nnlab.errors import Notice, UserError
 from nnlab.images import read_rgb
 
 Record = tuple[Path, Target]  # an image file and its boxes and labels
@@ -62,8 +63,9 @@ def read_coco(
     """Records of every image in a COCO JSON, the category ids (in label order) and names.
 
     `categories` fixes the id → label numbering (a validation file follows the training one).
-    Crowd regions and boxes without area are skipped: torchvision's detector needs positive
-    widths and heights.
+    Crowd regions go into each target's crowd_boxes / crowd_labels (for the metric, not the
+    detector); boxes without area are skipped with a notice: torchvision's detector needs
+    positive widths and heights.
     """
     if not annotations.is_file():
         raise _layout_error(f"the annotations file {annotations}", "does not exist")
@@ -83,37 +85,69 @@ def read_coco(
     if not categories:
         raise _layout_error(f"the annotations file {annotations}", "lists no categories")
     label_of = {cid: i + 1 for i, cid in enumerate(categories)}
-    boxes: dict[int, list[list[float]]] = {i: [] for i in entries}
-    labels: dict[int, list[int]] = {i: [] for i in entries}
-    for ann in found:
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        if ann.get("iscrowd", 0) or w <= 0 or h <= 0:
-            continue
-        cid = int(ann["category_id"])
-        if cid not in label_of:
-            raise _layout_error(
-                f"the annotations file {annotations}", f"uses category id {cid}, not listed"
-            )
-        boxes[int(ann["image_id"])].append([x, y, x + w, y + h])
-        labels[int(ann["image_id"])].append(label_of[cid])
+    objects = _objects_by_image(found, set(entries), label_of, annotations)
     missing = [name for name in entries.values() if not (images / name).is_file()]
     if missing:
         raise _layout_error(
             f"the images folder {images}",
             f"lacks {len(missing)} image(s) the annotations list, e.g. {', '.join(missing[:3])}",
         )
-    records = [
-        (
-            images / name,
-            {
-                "boxes": torch.tensor(boxes[i], dtype=torch.float32).reshape(-1, 4),
-                "labels": torch.tensor(labels[i], dtype=torch.int64),
-            },
-        )
-        for i, name in sorted(entries.items())
-    ]
+    records = [(images / name, _target(objects[i])) for i, name in sorted(entries.items())]
     names = [names_by_id.get(cid, str(cid)) for cid in categories]
     return records, categories, names
+
+
+# One image's objects as lists, under the keys of its Target: boxes (x0 y0 x1 y1) and labels to
+# train on, crowd regions' boxes and labels apart.
+Objects = dict[str, list]
+
+
+def _objects_by_image(
+    found: list[dict[str, Any]], image_ids: set[int], label_of: dict[int, int], annotations: Path
+) -> dict[int, Objects]:
+    """Each image's objects, crowd regions apart; zero-size boxes are left out and counted in a
+    notice, so a dataset does not lose objects unnoticed."""
+    keys = ("boxes", "labels", CROWD_BOXES, CROWD_LABELS)
+    objects: dict[int, Objects] = {i: {k: [] for k in keys} for i in image_ids}
+    empty: list[str] = []
+    for ann in found:
+        image_id, cid = int(ann["image_id"]), int(ann["category_id"])
+        if image_id not in objects:
+            raise UserError(
+                f"The annotations file {annotations} has annotation {ann.get('id', '(no id)')} "
+                f"on image id {image_id}, which its 'images' list does not have. Every "
+                f"annotation's image_id must be the id of an entry in 'images': add the image "
+                f"(id, file_name) or remove the annotation."
+            )
+        if cid not in label_of:
+            raise _layout_error(
+                f"the annotations file {annotations}", f"uses category id {cid}, not listed"
+            )
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        if w <= 0 or h <= 0:
+            empty.append(str(ann.get("id", "(no id)")))
+            continue
+        box_key, label_key = keys[2:] if ann.get("iscrowd", 0) else keys[:2]
+        objects[image_id][box_key].append([x, y, x + w, y + h])
+        objects[image_id][label_key].append(label_of[cid])
+    if empty:
+        warnings.warn(
+            f"skipped {len(empty)} annotation(s) with a zero-size box (width or height <= 0) in "
+            f"{annotations}, e.g. annotation id(s) {', '.join(empty[:5])}: a box needs an area "
+            f"to be learned or scored.",
+            Notice,
+            stacklevel=2,
+        )
+    return objects
+
+
+def _target(objects: Objects) -> Target:
+    return {
+        key: torch.tensor(values, dtype=torch.float32).reshape(-1, 4)
+        if key in ("boxes", CROWD_BOXES)
+        else torch.tensor(values, dtype=torch.int64)
+        for key, values in objects.items()
+    }
 
 
 class CocoDataModule(DetectionDataModule):

@@ -3,7 +3,10 @@
 A detection batch is (images, targets): images a float tensor (B, C, H, W) in [0, 1] (or a list
 of (C, H, W) tensors when sizes differ), targets a list of {"boxes": (n, 4) x0 y0 x1 y1 pixels,
 "labels": (n,) int64 in 1..num_classes} — the format torchvision's detectors take. Label 0 is
-the background.
+the background. A target may also carry "crowd_boxes" (m, 4) and "crowd_labels" (m,): COCO's
+iscrowd regions (one box over many objects). The detector never sees them (`for_training`), but
+the mAP metric does, as COCO's evaluation ignores detections that fall on a crowd region instead
+of counting them as false positives.
 """
 
 from __future__ import annotations
@@ -16,6 +19,12 @@ from torch import Tensor
 from nnlab.data.base import TensorBatches
 
 Target = dict[str, Tensor]
+CROWD_BOXES, CROWD_LABELS = "crowd_boxes", "crowd_labels"
+
+
+def for_training(targets: list[Target]) -> list[Target]:
+    """Only the boxes and labels: a crowd region is no single object for the detector to learn."""
+    return [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
 
 
 def unpad(boxes: Tensor, labels: Tensor) -> list[Target]:

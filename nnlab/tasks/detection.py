@@ -11,7 +11,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.models.detection import FasterRCNN
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-from nnlab.data.detection import Target
+from nnlab.data.detection import CROWD_BOXES, CROWD_LABELS, Target, for_training
 from nnlab.tasks.optim import Schedule, configure
 from nnlab.tasks.supervised import LeanModule
 
@@ -23,6 +23,25 @@ TRUTH, PREDICTED = (0, 200, 0), (230, 20, 20)
 CHECKPOINT_KEY = "detection"  # class names go into every checkpoint under this key
 
 Batch = tuple[Tensor | list[Tensor], list[Target]]
+
+
+def metric_targets(targets: list[Target]) -> list[Target]:
+    """Targets as MeanAveragePrecision takes them: each image's crowd regions appended to its
+    boxes with iscrowd=1, so that (as in COCO's evaluation) a detection matched to a crowd region
+    is ignored rather than counted as a false positive."""
+    scored = []
+    for t in targets:
+        crowd_boxes = t.get(CROWD_BOXES, t["boxes"].new_zeros((0, 4)))
+        crowd_labels = t.get(CROWD_LABELS, t["labels"].new_zeros(0))
+        iscrowd = torch.cat([torch.zeros_like(t["labels"]), torch.ones_like(crowd_labels)])
+        scored.append(
+            {
+                "boxes": torch.cat([t["boxes"], crowd_boxes]),
+                "labels": torch.cat([t["labels"], crowd_labels]),
+                "iscrowd": iscrowd,
+            }
+        )
+    return scored
 
 
 def draw(
@@ -86,7 +105,7 @@ class DetectionTask(LeanModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         images, targets = batch
-        losses = self.model(images, targets)
+        losses = self.model(images, for_training(targets))
         loss = sum(losses[name] for name in LOSSES)
         with torch.no_grad():
             n = torch.tensor(float(len(targets)), device=self.device)
@@ -104,7 +123,7 @@ class DetectionTask(LeanModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images, targets = batch
         predictions = self.model(images)
-        self.val_map.update(predictions, targets)
+        self.val_map.update(predictions, metric_targets(targets))
         if batch_idx == 0:
             self._shown = (images[:SHOWN], predictions[:SHOWN], targets[:SHOWN])
 
@@ -116,7 +135,7 @@ class DetectionTask(LeanModule):
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         images, targets = batch
-        self.test_map.update(self.model(images), targets)
+        self.test_map.update(self.model(images), metric_targets(targets))
 
     def on_test_epoch_end(self) -> None:
         scores = self.test_map.compute()
