@@ -89,6 +89,9 @@ def test_two_workers_share_one_journal_and_cap_the_total(nnlab, workdir):
     assert listed.exit_code == 0 and listed.output.count("trial-") == 4
 
 
+TOTAL = 6  # trials in the killed sweep: enough that the kill lands while some are owed
+
+
 def test_killed_sweep_resumes_without_repeating_finished_trials(workdir):
     command = [
         sys.executable,
@@ -98,7 +101,7 @@ def test_killed_sweep_resumes_without_repeating_finished_trials(workdir):
         "optimizer.lr=interval(0.001,0.01)",
         *FAST,
         "--trials",
-        "3",
+        str(TOTAL),
         "--sampler",
         "random",
         "--pruner",
@@ -110,7 +113,7 @@ def test_killed_sweep_resumes_without_repeating_finished_trials(workdir):
     journal = workdir / "outputs" / "sweeps" / "kill" / "journal.log"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.1)  # a trial takes about a second: kill after the first, well before the last
         if journal.exists() and any(
             t.state == TrialState.COMPLETE for t in study_of(workdir, "kill").get_trials()
         ):
@@ -122,13 +125,13 @@ def test_killed_sweep_resumes_without_repeating_finished_trials(workdir):
         for t in study_of(workdir, "kill").get_trials()
         if t.state == TrialState.COMPLETE
     }
-    assert 1 <= len(before) < 3
+    assert 1 <= len(before) < TOTAL
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     trials = study_of(workdir, "kill").get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 3
+    assert len(complete) == TOTAL
     for number, trial in before.items():  # finished trials are kept, not run again
         assert trials[number].state == TrialState.COMPLETE
         assert trials[number].params == trial.params
