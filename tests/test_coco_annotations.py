@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from nnlab.data.coco import read_coco
 from nnlab.data.detection import Target
-from nnlab.errors import Notice
+from nnlab.errors import Notice, UserError
 from nnlab.tasks.detection import DetectionTask
 from nnlab.tasks.optim import constant_lr
 from tests.datasets_on_disk import write_coco_json
@@ -117,3 +117,18 @@ def test_an_annotation_on_an_unknown_image_is_a_clear_error(nnlab, workdir):
     result = nnlab("train", *TINY_MODEL, "data=coco", f"data.root={workdir / 'coco'}")
     assert_clear_error(result, ["annotation 42", "image id 999", str(annotations)])
     assert not (workdir / "outputs" / "runs").exists(), "no run directory for bad input"
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"id": 7, "image_id": 1, "category_id": 1},  # no bbox
+        {"id": 7, "category_id": 1, "bbox": [1, 1, 5, 5]},  # no image_id
+        {"id": 7, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5]},  # three numbers
+        {"id": 7, "image_id": 1, "category_id": "cat", "bbox": [1, 1, 5, 5]},
+    ],
+)
+def test_an_annotation_missing_its_fields_is_a_clear_error(tmp_path, broken):
+    annotations = write_coco_json(tmp_path, IMAGES, [REGULAR, broken])
+    with pytest.raises(UserError, match="annotation 7 without a usable image_id"):
+        read_coco(annotations, tmp_path / "images")

@@ -102,6 +102,23 @@ def read_coco(
 Objects = dict[str, list]
 
 
+def _fields(ann: Any, annotations: Path) -> tuple[int, int, list[float]]:
+    """An annotation's image id, category id and [x, y, w, h] box; UserError naming it when one
+    is missing or not numbers."""
+    try:
+        box = [float(v) for v in ann["bbox"]]
+        if len(box) != 4:
+            raise ValueError(f"bbox has {len(box)} numbers, not 4")
+        return int(ann["image_id"]), int(ann["category_id"]), box
+    except (KeyError, TypeError, ValueError) as err:
+        which = ann.get("id", "(no id)") if isinstance(ann, dict) else repr(ann)[:60]
+        raise _layout_error(
+            f"the annotations file {annotations}",
+            f"has annotation {which} without a usable image_id, category_id and bbox "
+            f"[x, y, width, height] ({type(err).__name__}: {err})",
+        ) from None
+
+
 def _objects_by_image(
     found: list[dict[str, Any]], image_ids: set[int], label_of: dict[int, int], annotations: Path
 ) -> dict[int, Objects]:
@@ -111,7 +128,7 @@ def _objects_by_image(
     objects: dict[int, Objects] = {i: {k: [] for k in keys} for i in image_ids}
     empty: list[str] = []
     for ann in found:
-        image_id, cid = int(ann["image_id"]), int(ann["category_id"])
+        image_id, cid, (x, y, w, h) = _fields(ann, annotations)
         if image_id not in objects:
             raise UserError(
                 f"The annotations file {annotations} has annotation {ann.get('id', '(no id)')} "
@@ -123,7 +140,6 @@ def _objects_by_image(
             raise _layout_error(
                 f"the annotations file {annotations}", f"uses category id {cid}, not listed"
             )
-        x, y, w, h = (float(v) for v in ann["bbox"])
         if w <= 0 or h <= 0:
             empty.append(str(ann.get("id", "(no id)")))
             continue
