@@ -47,9 +47,12 @@ def known_targets() -> frozenset[str]:
     )
 
 
+@functools.cache
 def preset_node(group: str, choice: str) -> dict[str, Any]:
     """What conf/<group>/<choice>.yaml puts under `group` (its own node, or the `group:` part
-    of a `@package _global_` preset such as model=gan), uninterpolated; {} if there is none."""
+    of a `@package _global_` preset such as model=gan), uninterpolated; {} if there is none.
+    Read once per process (every config check asks, and the packaged conf/ does not change
+    while nnlab runs): the dict is shared, so callers read it and never change it."""
     path = conf_dir() / group / f"{choice}.yaml"
     if not path.is_file():
         return {}

@@ -354,8 +354,8 @@ class RunRecord:
         if self.lead and self.started:
             write_json(self.run_dir / METRICS, self.summary)
 
-    def end(self, status: str, **details: Any) -> None:
-        self.summary.update(status=status, **details)
+    def end(self, status: str) -> None:
+        self.summary["status"] = status
         self.save()
 
     def log_error(self, text: str) -> None:
