@@ -13,9 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from nnlab.choices import GAN_TASK_OPTIONS, RUN_OPTIONS
 from nnlab.errors import UserError
+from nnlab.models.cnn import BUILDER as CNN
 from nnlab.models.detection import BUILDER as DETECTOR
 from nnlab.models.gan import GAN
 from nnlab.models.mlp import BackpropMLP
+from nnlab.models.rnn import BUILDER as RNN
 from nnlab.models.rnn import RecurrentNet
 from nnlab.reference import reference_judge
 from nnlab.scratch.optim import scratch_optimizer
@@ -58,15 +60,20 @@ def _check_detection_pairing(detector: bool, datamodule: pl.LightningDataModule)
         )
 
 
-def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
+def build(
+    cfg: DictConfig, fitted: dict[str, Any] | None = None
+) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     """The datamodule (set up) and the task, both ready to train; raises UserError on bad input.
+
+    `fitted` is what a trained run learned from its training data (its preprocessing.json):
+    given, the data is scaled and encoded by it rather than by statistics learned again.
 
     model=gan gets a GanTask and model=faster_rcnn a DetectionTask (which needs detection data);
     otherwise the data decides: class labels get a ClassificationTask, real-valued targets a
     RegressionTask.
     """
     datamodule = _instantiate(cfg.data)
-    datamodule.setup("fit")
+    _set_up(datamodule, fitted)
     spec = OmegaConf.to_container(cfg.model, resolve=True)
     detector = spec.get("_target_") == DETECTOR
     _check_detection_pairing(detector, datamodule)
@@ -82,10 +89,31 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     return datamodule, _supervised_task(cfg, datamodule, model, optimizer, schedule)
 
 
+def _set_up(datamodule: pl.LightningDataModule, fitted: dict[str, Any] | None) -> None:
+    """Load the data, scaled by `fitted` when given; a stored preprocessing that does not fit
+    the data (hand-edited, or from another dataset) is a UserError, not a traceback."""
+    if not fitted or not hasattr(datamodule, "restore"):
+        datamodule.setup("fit")
+        return
+    datamodule.restore(fitted)
+    try:
+        datamodule.setup("fit")
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as err:
+        raise UserError(
+            f"The run's saved preprocessing (what its data learned in training: "
+            f"{', '.join(sorted(fitted))}) does not fit the data now configured "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else err!r}). "
+            f"Evaluate the run on data shaped as in training, and do not edit its "
+            f"preprocessing.json; to learn the scaling from new data, train a new run."
+        ) from None
+
+
 def _model(spec: dict[str, Any], datamodule: pl.LightningDataModule) -> torch.nn.Module:
     """The network the model config describes, sized by the data."""
     # how to run the network, not what it is: applied to whatever the builder returns
     speed = {key: spec.pop(key) for key in RUN_OPTIONS if key in spec}
+    if getattr(datamodule, "signal", False) and spec.get("_target_") in (CNN, RNN):
+        spec["signal"] = True  # 2-D samples are (channels, length) signals (data=arrays)
     model = _instantiate(
         OmegaConf.create(spec),
         input_shape=datamodule.input_shape,

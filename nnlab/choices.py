@@ -37,3 +37,12 @@ BACKBONES = ("cnn", *RESNETS, "mobilenet_v3_large")
 CLIP_ALGORITHMS = ("norm", "value")
 LOGGERS = ("tensorboard", "none")
 MONITOR_MODES = ("min", "max")
+
+# data=table: what to predict, and what to do with missing values
+TABLE_TASKS = ("auto", "classification", "regression")
+TABLE_MISSING = ("error", "drop", "mean")
+
+# data=arrays: what one sample is; data=arrays, image_folder, coco: keep the data in memory, or
+# stream it from disk
+ARRAY_LAYOUTS = ("auto", "features", "signal", "image")
+IN_MEMORY = ("auto", True, False)

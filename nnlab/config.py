@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import shlex
 import warnings
 from typing import Any
@@ -118,6 +119,17 @@ def _grammar_error(override: str) -> UserError:
     )
 
 
+def _comma_error(override: str) -> UserError:
+    key, _, value = override.partition("=")
+    quoted = shlex.quote(f'{key}="{value}"')
+    return UserError(
+        f"Cannot read the override '{override}': in Hydra's override grammar a comma in a value "
+        f"means several values, and one run takes one. For text with a comma (a path), quote "
+        f"the value once for the grammar and once for the shell: {quoted} in bash. For a list "
+        f"write {key}=[{value}]; to train once per value, add -m (a sweep over {key})."
+    )
+
+
 def _compose(overrides: list[str], hydra_node: bool = False) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -129,6 +141,9 @@ def _compose(overrides: list[str], hydra_node: bool = False) -> DictConfig:
         unreadable = _unreadable(overrides)
         if unreadable is not None:
             raise _grammar_error(unreadable) from None
+        ambiguous = re.search(r"Ambiguous value for argument '([^']*)'", str(err))
+        if ambiguous:  # a comma in a plain value: a list, a string or a sweep?
+            raise _comma_error(ambiguous[1]) from None
         # Anything else _check_groups and _check_keys do not foresee.
         raise UserError(f"Cannot apply overrides {' '.join(overrides)}: {err}") from None
 

@@ -11,7 +11,7 @@ from nnlab import runs
 from nnlab.build import build
 from nnlab.errors import UserError
 from nnlab.models.layers import count_parameters
-from nnlab.restore import saved_run
+from nnlab.restore import saved_preprocessing, saved_run
 from nnlab.train import Result, prefixed, save_samples
 from nnlab.trainer import eval_trainer, quiet_lightning
 
@@ -21,7 +21,8 @@ def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> 
     quiet_lightning()
     run_dir, ckpt, checkpoint, cfg = saved_run(target, overrides, output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, task = build(cfg)
+    # scaled and encoded as in training, by what the data learned then
+    datamodule, task = build(cfg, saved_preprocessing(run_dir, checkpoint))
     trainer = eval_trainer(cfg, task)
     start = time.perf_counter()
     # The checkpoint is already in memory (it may carry the config): load it once, here.

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from nnlab.errors import UserError
@@ -110,3 +111,21 @@ def read_rgb(path: str | Path) -> Image.Image:
     """The image at `path`, decoded as RGB, refused as `open_image` says."""
     with open_image(path) as image:
         return image.convert("RGB")
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the header alone, refused as `check_image` says."""
+    with open_image(path) as image:
+        return image.size
+
+
+def read_square(path: str | Path, size: int, grayscale: bool = False) -> np.ndarray:
+    """The image at `path` decoded as RGB (then grey when `grayscale`), resized to size × size:
+    a (channels, size, size) uint8 array; refused as `open_image` says."""
+    with open_image(path) as image:
+        rgb = image.convert("RGB")  # decodes: a file cut short fails here, inside the checks
+    # Bilinear with antialiasing, as torchvision's Resize does on a Pillow image.
+    square = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    if grayscale:
+        return np.asarray(square.convert("L"))[None]
+    return np.asarray(square).transpose(2, 0, 1)

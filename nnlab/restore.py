@@ -108,6 +108,17 @@ def run_config(
     )
 
 
+def saved_preprocessing(run_dir: Path | None, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What a trained run's data learned from its training split: its run directory's
+    preprocessing.json, else the copy stamped into the checkpoint; {} for runs from before nnlab
+    saved it (their data learns it again from the files, as it did then)."""
+    if run_dir is not None:
+        return runs.read_preprocessing(run_dir)
+    stamp = checkpoint.get(LeanModule.CONFIG_KEY)
+    fitted = stamp.get("preprocessing") if isinstance(stamp, dict) else None
+    return fitted if isinstance(fitted, dict) else {}
+
+
 def saved_run(
     target: str, overrides: list[str], output_dir: str = "outputs"
 ) -> tuple[Path | None, Path, dict[str, Any], DictConfig]:

@@ -25,6 +25,8 @@ CHECKPOINTS = "checkpoints"
 BEST = "best.ckpt"
 LAST = "last.ckpt"
 TB = "tb"
+PREPROCESSING = "preprocessing.json"  # what the data learned from its training split
+SKIPPED = "skipped.txt"  # data.skip_bad=true: the unreadable files left out, one per line
 SAMPLES = "samples.png"  # GAN runs: a grid of generated images
 LOCK = ".lock"  # held by the process that writes the run: "<host> <pid>"
 
@@ -190,6 +192,14 @@ def read_config(run: Path) -> dict[str, Any]:
     return config
 
 
+def read_preprocessing(run: Path) -> dict[str, Any]:
+    """What the run's data learned from its training split (preprocessing.json); {} for a run
+    written before nnlab saved it, or whose data learns nothing; DamagedRun if unreadable."""
+    if not (run / PREPROCESSING).exists():
+        return {}
+    return _read_mapping(run / PREPROCESSING, json.loads)
+
+
 def read_overrides(run: Path) -> list[str]:
     """What the user typed for the run (overrides.yaml); DamagedRun if unreadable."""
     import yaml
@@ -314,7 +324,8 @@ def select(
 
 
 class RunRecord:
-    """A run's files as training goes: config.yaml, overrides.yaml, and metrics.json, whose
+    """A run's files as training goes: config.yaml, overrides.yaml, preprocessing.json (what
+    the data learned from its training split, when it learned anything), and metrics.json, whose
     `status` moves from running to finished, failed or interrupted (`nnlab runs` shows a running
     run whose writer died as killed). Only the first process of a distributed run writes, and
     every file is replaced whole. A new run's files are written as it begins; a resumed run's
@@ -322,9 +333,16 @@ class RunRecord:
     leaves every file of the run as it was."""
 
     def __init__(
-        self, run_dir: Path, config: dict[str, Any], overrides: list[str], lead: bool, resumed: bool
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        overrides: list[str],
+        lead: bool,
+        resumed: bool,
+        preprocessing: dict[str, Any] | None = None,
     ) -> None:
         self.run_dir, self.config, self.overrides = run_dir, config, list(overrides)
+        self.preprocessing = preprocessing or {}
         self.lead, self.resumed = lead, resumed
         self.started = False
         self.summary: dict[str, Any] = {}
@@ -348,6 +366,8 @@ class RunRecord:
         if self.lead:
             write_yaml(self.run_dir / CONFIG, self.config)
             write_yaml(self.run_dir / OVERRIDES, {"overrides": self.overrides})
+            if self.preprocessing:
+                write_json(self.run_dir / PREPROCESSING, self.preprocessing)
         self.save()
 
     def save(self) -> None:
@@ -357,6 +377,12 @@ class RunRecord:
     def end(self, status: str) -> None:
         self.summary["status"] = status
         self.save()
+
+    def list_skipped(self, names: list[str]) -> None:
+        """skipped.txt: the input files left out as unreadable, one per line (none: no file)."""
+        if self.lead and self.started and names:
+            with written_whole(self.run_dir / SKIPPED) as partial:
+                partial.write_text("".join(f"{name}\n" for name in names))
 
     def log_error(self, text: str) -> None:
         """error.log, the traceback of a failed run (not of a resume that never started)."""

@@ -14,15 +14,19 @@ from typing import Any, List, Optional  # noqa: UP035 - OmegaConf reads typing g
 from omegaconf import MISSING
 
 from nnlab.choices import (
+    ARRAY_LAYOUTS,
     BACKBONES,
     CELLS,
     CLIP_ALGORITHMS,
     ENGINES,
     GAN_ARCHS,
     GAN_OBJECTIVES,
+    IN_MEMORY,
     LOGGERS,
     LOSSES,
     MONITOR_MODES,
+    TABLE_MISSING,
+    TABLE_TASKS,
 )
 
 MAX_SEED = 2**32 - 1  # numpy and scikit-learn take 32-bit seeds
@@ -148,6 +152,31 @@ class TabularSchema(DigitsSchema):
 
 
 @dataclass
+class TableSchema(DigitsSchema):
+    path: str = spec(path=True)
+    target: str = spec()
+    features: Optional[List[str]] = spec()  # noqa: UP006, UP045
+    categorical: List[str] = spec()  # noqa: UP006
+    sep: Optional[str] = spec()  # noqa: UP045
+    missing: str = spec(choices=TABLE_MISSING)
+    task: str = spec(choices=TABLE_TASKS)
+    max_categories: int = spec(ge=2)
+    val_path: Optional[str] = spec(path=True)  # noqa: UP045
+    test_path: Optional[str] = spec(path=True)  # noqa: UP045
+
+
+@dataclass
+class ArraysSchema(DigitsSchema):
+    path: str = spec(path=True)
+    labels: Optional[str] = spec(path=True)  # noqa: UP045
+    layout: str = spec(choices=ARRAY_LAYOUTS)
+    task: str = spec(choices=TABLE_TASKS)
+    in_memory: Any = spec(choices=IN_MEMORY)
+    memory_limit_mb: Optional[int] = spec(ge=1)  # noqa: UP045
+    workers: int = spec(ge=0)
+
+
+@dataclass
 class GeneratedSchema:
     _target_: str = spec()
     samples: int = spec(ge=10)
@@ -182,6 +211,10 @@ class ImageFolderSchema(DigitsSchema):
     root: str = spec(path=True)
     image_size: int = spec(ge=4)
     grayscale: bool = spec()
+    in_memory: Any = spec(choices=IN_MEMORY)
+    memory_limit_mb: Optional[int] = spec(ge=1)  # noqa: UP045
+    workers: int = spec(ge=0)
+    skip_bad: bool = spec()
 
 
 @dataclass
@@ -216,6 +249,8 @@ class CocoSchema:
     num_workers: int = spec(ge=0)
     batch_size: int = spec(ge=1)
     seed: int = spec(ge=0)
+    in_memory: Any = spec(choices=IN_MEMORY)
+    memory_limit_mb: Optional[int] = spec(ge=1)  # noqa: UP045
 
 
 @dataclass
@@ -331,6 +366,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "iris": TabularSchema,
         "wine": TabularSchema,
         "breast_cancer": TabularSchema,
+        "table": TableSchema,
+        "arrays": ArraysSchema,
         "mnist": VisionSchema,
         "fashion_mnist": VisionSchema,
         "cifar10": VisionSchema,

@@ -21,7 +21,7 @@ from nnlab import compat, runs
 from nnlab.build import build
 from nnlab.callbacks.grad_flow import GradientFlow
 from nnlab.callbacks.stop_signals import StopSignals
-from nnlab.data.base import TensorBatches, TensorDataModule
+from nnlab.data.base import TensorDataModule
 from nnlab.errors import RunInterrupted, TrainingError, UserError, storage_failure
 from nnlab.models.layers import count_parameters
 from nnlab.tasks import gan as gan_task
@@ -66,12 +66,14 @@ def train(
     quiet_lightning()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Everything that can reject the user's input happens before the run directory exists.
-    datamodule, task = build(cfg)
+    # A resumed run scales its data as it did when it began, whatever its files hold now.
+    datamodule, task = build(cfg, runs.read_preprocessing(resume) if resume else None)
     lead = process_rank() == 0  # only the first process of a distributed run writes files
     run_dir = resume or _run_directory(cfg, choices, runs_dir)
     with runs.locked(run_dir) if lead else contextlib.nullcontext():
         config = OmegaConf.to_container(cfg, resolve=True)
-        record = runs.RunRecord(run_dir, config, overrides, lead, resumed=resume is not None)
+        fitted = getattr(datamodule, "fitted", {})
+        record = runs.RunRecord(run_dir, config, overrides, lead, resume is not None, fitted)
         trainer, flow, stop = _assemble(cfg, record, task, callbacks or [])
         opening = {
             "choices": choices,
@@ -85,6 +87,8 @@ def train(
             _fit(trainer, task, datamodule, record, flow)
             if not trainer.interrupted:
                 _score(cfg, trainer, task, datamodule, record)
+            # read after the test: streamed data finds unreadable files as it goes
+            record.list_skipped(list(getattr(datamodule, "skipped", [])))
         if trainer.interrupted:  # stopped by a callback (a pruned sweep trial), not a signal
             record.end("interrupted")
             return Result(run_dir, record.summary)
@@ -127,7 +131,11 @@ def _assemble(
 ) -> tuple[pl.Trainer, GradientFlow | None, StopSignals]:
     """The trainer with nnlab's callbacks; a bad trainer setting is a UserError, and a new run's
     directory, made a moment ago and still empty, goes rather than litter outputs/."""
-    task.config_stamp = {"config": record.config, "version": nnlab.__version__}
+    task.config_stamp = {
+        "config": record.config,
+        "version": nnlab.__version__,
+        "preprocessing": record.preprocessing,
+    }
     stop = StopSignals()
     flow = None
     if cfg.callbacks.grad_flow and isinstance(task, SupervisedTask):
@@ -276,7 +284,7 @@ def _score_training_split(
 ) -> dict[str, Any]:
     """The checkpoint's metrics on its own training data, in eval mode (no dropout), as
     `trainset/...`: the honest train side of a train-test gap."""
-    loader = TensorBatches(datamodule.splits["train"], datamodule.batch_size)
+    loader = datamodule.training_split_in_order()
     scores = trainer.test(task, dataloaders=loader, ckpt_path=ckpt, verbose=False)[0]
     return {k.replace("test/", "trainset/", 1): v for k, v in prefixed(scores, "test/").items()}
 

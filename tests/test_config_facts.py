@@ -27,7 +27,8 @@ from nnlab.tasks.optim import lr_schedule
 GROUPS = groups()
 WITH_SCHEMA = [(g, c) for g in SCHEMAS for c in GROUPS.get(g, [])]
 MODEL_CHOICES = GROUPS["model"]
-SIZED_BY_DATA = ("input_shape", "num_outputs")  # what build.py passes every builder itself
+# what build.py passes builders itself (signal: to those reading 2-D samples as (C, L) signals)
+SIZED_BY_DATA = ("input_shape", "num_outputs", "signal")
 # group → (the field that names the choice, the constants its files must cover exactly)
 NAMED_BY = {
     "norm": ("kind", choices.NORMS),
@@ -199,7 +200,8 @@ def test_builder_defaults_are_the_yaml_values(target, choice):
     drift = {
         name: (param.default, composed[name])
         for name, param in inspect.signature(_builder(target)).parameters.items()
-        if param.default is not param.empty and _plain(param.default) != composed[name]
+        if param.default is not param.empty and name not in SIZED_BY_DATA
+        if _plain(param.default) != composed[name]
     }
     assert not drift, f"{target} default vs model={choice} (name: (default, yaml)): {drift}"
 

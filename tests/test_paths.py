@@ -69,6 +69,8 @@ def test_an_unset_variable_is_named(nnlab, home, monkeypatch: pytest.MonkeyPatch
         ("name=a=b=c", """'name="a=b=c"'""", "name: a=b=c"),
         ("model.hidden=[1,2", """'model.hidden="[1,2"'""", None),
         ("name=50%;off", """'name="50%;off"'""", "name: 50%;off"),
+        # a comma in a plain value: Hydra asks whether a list or a sweep was meant
+        ("name=scans,2024", """'name="scans,2024"'""", "name: scans,2024"),
     ],
 )
 def test_an_unreadable_override_says_how_to_quote_it(nnlab, override, quoted, value):

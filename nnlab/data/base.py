@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from sklearn.model_selection import train_test_split
+
+from nnlab.errors import UserError
+
+T = TypeVar("T")
 
 ON_DEVICE_LIMIT = 1 << 30  # bytes of a split kept on the GPU whole (more: moved batch by batch)
 
@@ -130,6 +138,24 @@ class TensorBatches:
             yield batches[i : i + group]
 
 
+def carve(
+    count: int, fraction: float, labels: np.ndarray | None, seed: int, what: str, remedy: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (rest, part) of `count` samples, `fraction` of them in part, stratified by
+    `labels` when given; UserError naming `what` (and saying `remedy`) when they do not split."""
+    try:
+        rest, part = train_test_split(
+            np.arange(count), test_size=fraction, stratify=labels, random_state=seed
+        )
+    except ValueError as err:
+        # sklearn speaks of test_size and members: say which data and settings did not fit
+        classes = "" if labels is None else f" of {len(np.unique(labels))} classes"
+        raise UserError(
+            f"Cannot split {what}{classes} into train/val/test parts ({err}). {remedy}"
+        ) from None
+    return rest, part
+
+
 def stratified_split(
     labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -178,6 +204,44 @@ class TensorDataModule(pl.LightningDataModule):
         # then also applies the trainer's batch limits itself: Lightning would count the lists.
         self.steps_per_execution: int | None = None
         self.limits: dict[str, int | float | None] = {}  # split → limit_<split>_batches
+        # What load() learned from the training data (scaling statistics, vocabularies, class
+        # names, ...), in plain JSON types: saved with the run and its checkpoints, and given
+        # back through restore() so eval, predict and resume apply it unchanged.
+        self.fitted: dict[str, Any] = {}
+        # Streamed splits' loaders (anything with close()), whose workers teardown() stops.
+        self.open_loaders: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def teardown(self, stage: str | None = None) -> None:
+        """Lightning's end of a fit, validation or test: streamed loaders' worker processes
+        stop here. Left to garbage collection, a trainer's reference cycle closes their queues
+        before stopping them, and each worker then waits 5 s to give up."""
+        for batches in list(self.open_loaders):
+            batches.close()
+
+    def restore(self, fitted: dict[str, Any]) -> None:
+        """Use what a trained run learned from its training data instead of learning it again
+        (call before setup)."""
+        self.fitted = dict(fitted)
+
+    def learned(self, name: str, fit: Callable[[], T]) -> T:
+        """The value restored under `name`, else `fit()`, kept under `name` from now on.
+
+        `fit` must return plain JSON types (lists, numbers, strings, dicts): they go into
+        preprocessing.json and into checkpoints read with torch's safe loader."""
+        if name not in self.fitted:
+            self.fitted[name] = fit()
+        return self.fitted[name]
+
+    def standardize(
+        self, splits: dict[str, tuple[torch.Tensor, ...]], dims: tuple[int, ...]
+    ) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Every split's inputs scaled by the training split's mean and std over `dims` (no
+        test leakage), or by the restored ones."""
+        x_train = splits["train"][0]
+        stats = self.learned("standardize", lambda: _moments(x_train, dims))
+        mean = torch.tensor(stats["mean"], dtype=x_train.dtype)
+        std = torch.tensor(stats["std"], dtype=x_train.dtype)
+        return {name: ((t[0] - mean) / std, *t[1:]) for name, t in splits.items()}
 
     def load(self) -> None:
         """Fill self.splits['train'|'val'|'test'] = (x, y) and self.class_names."""
@@ -215,11 +279,11 @@ class TensorDataModule(pl.LightningDataModule):
             return tensors
         return tuple(t.to(device) for t in tensors)
 
-    def _batches(self, split: str) -> TensorBatches:
+    def _batches(self, split: str, shuffle: bool | None = None) -> TensorBatches:
         return TensorBatches(
             self._on_device(split),
             self.batch_size,
-            shuffle=split == "train",
+            shuffle=split == "train" if shuffle is None else shuffle,
             seed=self.seed,
             per_step=self.steps_per_execution,
             limit=self.limits.get(split),
@@ -228,6 +292,10 @@ class TensorDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> TensorBatches:
         return self._batches("train").following(self.trainer)
 
+    def training_split_in_order(self) -> TensorBatches:
+        """The training split unshuffled: to score a trained model on its own training data."""
+        return self._batches("train", shuffle=False)
+
     def val_dataloader(self) -> TensorBatches:
         return self._batches("val")
 
@@ -235,14 +303,11 @@ class TensorDataModule(pl.LightningDataModule):
         return self._batches("test")
 
 
-def standardize(
-    splits: dict[str, tuple[torch.Tensor, torch.Tensor]], dims: tuple[int, ...]
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Scale every split by the training split's mean and std over `dims` (no test leakage)."""
-    x_train = splits["train"][0]
-    mean = x_train.mean(dim=dims, keepdim=True)
-    std = x_train.std(dim=dims, keepdim=True).clamp_min(1e-6)
-    return {name: ((x - mean) / std, y) for name, (x, y) in splits.items()}
+def _moments(x: torch.Tensor, dims: tuple[int, ...]) -> dict[str, list]:
+    """Mean and std of `x` over `dims` (kept as size-1 axes), as nested lists."""
+    mean = x.mean(dim=dims, keepdim=True)
+    std = x.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    return {"dims": list(dims), "mean": mean.tolist(), "std": std.tolist()}
 
 
 def split_arrays(

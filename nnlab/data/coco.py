@@ -1,6 +1,7 @@
 """Any COCO-format detection dataset on disk: an images folder and an annotations JSON.
 
-Images are read lazily (a COCO-sized set does not fit in memory); class count and names come
+Images are decoded once and kept (uint8) when they fit in memory (data.in_memory), else read
+from disk batch by batch (a COCO-sized set does not fit in memory); class count and names come
 from the annotations' categories, renumbered 1..K in order of category id (0 is background).
 Without separate validation/test annotation files, both are carved from the training images.
 """
@@ -19,8 +20,9 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from nnlab.data.base import EpochShuffle
 from nnlab.data.detection import CROWD_BOXES, CROWD_LABELS, DetectionDataModule, Target
+from nnlab.data.streaming import memory_budget, memory_mode
 from nnlab.errors import Notice, UserError
-from nnlab.images import read_rgb
+from nnlab.images import image_size, read_rgb
 
 Record = tuple[Path, Target]  # an image file and its boxes and labels
 
@@ -31,18 +33,39 @@ def _collate(batch: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tenso
     return list(images), list(targets)
 
 
-class CocoImages(Dataset):
-    """(image in [0, 1], target) pairs read from disk on demand."""
+def _read(path: Path) -> torch.Tensor:
+    """An image as a (3, height, width) uint8 tensor."""
+    return pil_to_tensor(read_rgb(path))
 
-    def __init__(self, records: list[Record]) -> None:
+
+class CocoImages(Dataset):
+    """(image in [0, 1], target) pairs, read from disk on demand or taken from `cache` (the
+    images decoded once, kept as uint8)."""
+
+    def __init__(self, records: list[Record], cache: list[torch.Tensor] | None = None) -> None:
         self.records = records
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         path, target = self.records[index]
-        return pil_to_tensor(read_rgb(path)).float().div_(255.0), target
+        image = self.cache[index] if self.cache is not None else _read(path)
+        return image.float().div_(255.0), target
+
+
+class _Decoded(Dataset):
+    """The records' images as uint8 tensors: what the cache is filled from, in workers."""
+
+    def __init__(self, records: list[Record]) -> None:
+        self.paths = [path for path, _ in records]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return _read(self.paths[index])
 
 
 def _layout_error(what: str, problem: str) -> UserError:
@@ -185,6 +208,8 @@ class CocoDataModule(DetectionDataModule):
         num_workers: int = 0,
         batch_size: int = 4,
         seed: int = 0,
+        in_memory: bool | str = "auto",
+        memory_limit_mb: int | None = None,
     ) -> None:
         super().__init__(batch_size, seed)
         self.root = root
@@ -196,7 +221,10 @@ class CocoDataModule(DetectionDataModule):
         self.fractions = {"val": val_fraction, "test": test_fraction}
         self.split_seed = split_seed
         self.num_workers = num_workers
+        self.in_memory = in_memory
+        self.memory_limit_mb = memory_limit_mb
         self.records: dict[str, list[Record]] = {}
+        self.cache: dict[str, list[torch.Tensor]] = {}  # split → its decoded uint8 images
 
     def setup(self, stage: str | None = None) -> None:
         if self.records:
@@ -214,6 +242,26 @@ class CocoDataModule(DetectionDataModule):
                 self.records[split] = read_coco(root / str(ann), root / folder, categories)[0]
         if carve:
             self._carve(carve)
+        if self._holds():
+            self.cache = {split: self._decode(records) for split, records in self.records.items()}
+
+    def _holds(self) -> bool:
+        """Whether to keep the decoded images: data.in_memory, or for auto whether their
+        uint8 pixels fit the memory budget (sizes from the headers, which are checked)."""
+        mode = memory_mode(self.in_memory)
+        if mode != "auto":
+            return mode == "true"
+        sizes = [image_size(path) for records in self.records.values() for path, _ in records]
+        return 3 * sum(w * h for w, h in sizes) <= memory_budget(self.memory_limit_mb)
+
+    def _decode(self, records: list[Record]) -> list[torch.Tensor]:
+        # its own generator: the global one's draws would shift the model's initialization
+        generator = torch.Generator().manual_seed(0)
+        images = DataLoader(
+            _Decoded(records), batch_size=None, num_workers=self.num_workers, generator=generator
+        )
+        # cloned: a tensor from a worker holds a shared-memory segment (and its file) open
+        return [image.clone() if self.num_workers else image for image in images]
 
     def _carve(self, splits: list[str]) -> None:
         train = self.records["train"]
@@ -234,16 +282,17 @@ class CocoDataModule(DetectionDataModule):
         self.records["train"] = [train[i] for i in order[start:]]
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        images = CocoImages(self.records[split])
+        images = CocoImages(self.records[split], self.cache.get(split))
         # Shuffled by the trainer's epoch, not by one generator's draws (see EpochShuffle).
         order = EpochShuffle(len(images), self.seed, self.trainer) if shuffle else None
+        workers = 0 if self.cache else self.num_workers  # held images need no reading
         return DataLoader(
             images,
             batch_size=self.batch_size,
             sampler=order,
             collate_fn=_collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:

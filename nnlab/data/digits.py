@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sklearn.datasets import load_digits
 
-from nnlab.data.base import TensorDataModule, split_arrays, standardize
+from nnlab.data.base import TensorDataModule, split_arrays
 
 
 class DigitsDataModule(TensorDataModule):
@@ -20,5 +20,5 @@ class DigitsDataModule(TensorDataModule):
         splits = split_arrays(
             images, digits.target, self.val_fraction, self.test_fraction, self.split_seed
         )
-        self.splits = standardize(splits, dims=self.norm_dims)
+        self.splits = self.standardize(splits, dims=self.norm_dims)
         self.class_names = [str(c) for c in digits.target_names]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sklearn import datasets
 
-from nnlab.data.base import TensorDataModule, split_arrays, standardize
+from nnlab.data.base import TensorDataModule, split_arrays
 from nnlab.errors import choice_error
 
 LOADERS = {
@@ -36,5 +36,5 @@ class TabularDataModule(TensorDataModule):
         splits = split_arrays(
             bunch.data, bunch.target, self.val_fraction, self.test_fraction, self.split_seed
         )
-        self.splits = standardize(splits, dims=(0,))
+        self.splits = self.standardize(splits, dims=(0,))
         self.class_names = [str(c) for c in bunch.target_names]

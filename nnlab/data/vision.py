@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import math
+import os
 import pickle
 from functools import cache
 from pathlib import Path
@@ -15,12 +17,27 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
-from torchvision import datasets, transforms
+from torchvision import datasets
 
-from nnlab.data.base import TensorDataModule, standardize
+from nnlab.data.base import TensorBatches, TensorDataModule, carve
+from nnlab.data.streaming import (
+    CHUNK,
+    BatchReader,
+    NotInMemory,
+    PixelMoments,
+    Skipped,
+    StreamBatches,
+    check_all,
+    measure,
+    memory_budget,
+    memory_mode,
+    read_all,
+    scaling,
+    stats_sample,
+    to_float,
+)
 from nnlab.errors import UserError, choice_error
-from nnlab.images import read_rgb
+from nnlab.images import check_image, read_square
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
@@ -34,25 +51,12 @@ LAYOUTS = {
 }
 
 
-def _split_error(err: ValueError, n: int, labels: np.ndarray) -> UserError:
-    # sklearn's stratified split fails on tiny datasets with a message about "test_size"; say
-    # instead which data and fractions did not fit.
-    classes = len(np.unique(labels))
-    return UserError(
-        f"Cannot split {n} images of {classes} classes into stratified train/val/test parts "
-        f"({err}). Use more images per class or larger data.val_fraction/data.test_fraction."
-    )
+SPLIT_REMEDY = "Use more images per class or larger data.val_fraction/data.test_fraction."
 
 
 def _carve(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int) -> tuple[Pair, Pair]:
     """Split (x, y) into a stratified (rest, part) pair; `fraction` of it goes to `part`."""
-    labels = y.numpy()
-    try:
-        rest, part = train_test_split(
-            np.arange(len(y)), test_size=fraction, stratify=labels, random_state=seed
-        )
-    except ValueError as err:
-        raise _split_error(err, len(y), labels) from None
+    rest, part = carve(len(y), fraction, y.numpy(), seed, f"{len(y)} images", SPLIT_REMEDY)
     return (x[rest], y[rest]), (x[part], y[part])
 
 
@@ -230,14 +234,48 @@ class TorchvisionDataModule(TensorDataModule):
             name: (xs.float().div_(255.0), ys)
             for name, (xs, ys) in (("train", train), ("val", val), ("test", (x_test, y_test)))
         }
-        self.splits = standardize(splits, dims=(0, 2, 3))
+        self.splits = self.standardize(splits, dims=(0, 2, 3))
         self.class_names = names
+
+
+class ImageFiles:
+    """Image files and their class indices, each read as a (channels, size, size) uint8 array.
+
+    The paths live in one byte buffer, not a list of strings: DataLoader workers fork with the
+    dataset, and touching a Python object (its reference count) copies the memory page it sits
+    on, so a list of a million paths would be copied into every worker bit by bit.
+    """
+
+    def __init__(self, paths: list[str], labels: np.ndarray, size: int, grayscale: bool) -> None:
+        encoded = [os.fsencode(p) for p in paths]
+        self.offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
+        self.buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        self.size, self.grayscale = size, grayscale
+        self.shape = (1 if grayscale else 3, size, size)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def name(self, index: int) -> str:
+        return os.fsdecode(self.buffer[self.offsets[index] : self.offsets[index + 1]].tobytes())
+
+    def read(self, index: int) -> np.ndarray:
+        return read_square(self.name(index), self.size, self.grayscale)
+
+    def subset(self, indices: np.ndarray) -> ImageFiles:
+        names = [self.name(int(i)) for i in indices]
+        return ImageFiles(names, self.labels.numpy()[indices], self.size, self.grayscale)
 
 
 class ImageFolderDataModule(TensorDataModule):
     """Images in class subfolders (root/<class>/<image>), or pre-split in root/train, val, test.
 
-    Splits missing on disk are carved from the training images, stratified by class.
+    Splits missing on disk are carved from the training images, stratified by class. Held in
+    memory as standardized float tensors when they fit (`in_memory`), else streamed from disk
+    in batches decoded by `workers` DataLoader workers (see docs/streaming.md). Both ways
+    give the same splits, statistics and batches. Unreadable images are refused by name, or
+    left out with `skip_bad` and listed in `skipped`.
     """
 
     def __init__(
@@ -250,11 +288,38 @@ class ImageFolderDataModule(TensorDataModule):
         test_fraction: float = 0.15,
         split_seed: int = 0,
         seed: int = 0,
+        in_memory: bool | str = "auto",
+        memory_limit_mb: int | None = None,
+        workers: int = 0,
+        skip_bad: bool = False,
     ) -> None:
         super().__init__(batch_size, val_fraction, test_fraction, split_seed, seed)
         self.root = root
         self.image_size = image_size
         self.grayscale = grayscale
+        self.in_memory = in_memory
+        self.memory_limit_mb = memory_limit_mb
+        self.workers = workers
+        self.skip_bad = skip_bad
+        self.streamed = False  # decided by load(): True when the images stay on disk
+        self.streams: dict[str, ImageFiles] = {}  # the streamed splits
+        self.scale: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, std)
+        self.unreadable = Skipped()
+        self.loaded = False
+
+    @property
+    def skipped(self) -> list[str]:
+        """The files left out as unreadable (skip_bad), in the order found; streaming may find
+        more while training, so read it when the run ends."""
+        return list(self.unreadable.found)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (1 if self.grayscale else 3, self.image_size, self.image_size)
+
+    @property
+    def variable_length(self) -> bool:
+        return False
 
     def _layout_error(self, root: Path, problem: str) -> UserError:
         return UserError(
@@ -264,43 +329,134 @@ class ImageFolderDataModule(TensorDataModule):
             f"root/test/<class>/...). Point nnlab at such a folder with data.root=/path/to/dir."
         )
 
-    def _read(self, folder: Path, root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        steps = [transforms.Resize((self.image_size, self.image_size))]
-        if self.grayscale:
-            steps.append(transforms.Grayscale(1))
+    def _list(self, folder: Path, root: Path) -> tuple[list[str], list[int], list[str]]:
+        """The image files under folder/<class>/, their class numbers there, the classes."""
         try:
-            ds = datasets.ImageFolder(
-                folder,
-                transform=transforms.Compose(steps + [transforms.ToTensor()]),
-                loader=read_rgb,  # size and format checked before decoding
-            )
+            # Lists the files only (by extension), decoding nothing.
+            found = datasets.ImageFolder(folder, loader=str)
         except FileNotFoundError as err:
             # ImageFolder's messages cover both "no class folders" and "no images in them".
             raise self._layout_error(root, f"{folder}: {err}") from None
-        x = torch.stack([image for image, _ in ds])
-        return x, torch.as_tensor(ds.targets, dtype=torch.int64), list(ds.classes)
+        paths = [path for path, _ in found.samples]
+        return paths, found.targets, list(found.classes)
+
+    def _folder(
+        self, listing: tuple[list[str], list[int], list[str]], names: list[str], where: Path
+    ) -> ImageFiles:
+        """A folder's readable images (from its `_list`), numbered by `names`, the training
+        classes: each folder numbers its own classes, from 0 in name order."""
+        paths, labels, found = listing
+        unknown = sorted(set(found) - set(names))
+        if unknown:
+            problem = f"{where} has classes the training images lack: {', '.join(unknown)}"
+            raise self._layout_error(where, problem)
+        number = np.asarray([names.index(c) for c in found], dtype=np.int64)
+        images = ImageFiles(
+            paths, number[np.asarray(labels, dtype=np.int64)], self.image_size, self.grayscale
+        )
+        return images.subset(check_all(paths, check_image, self.skip_bad, self.unreadable))
+
+    def _splits(self, root: Path) -> dict[str, ImageFiles]:
+        """Every split's files: the folders on disk, and what is carved from train/."""
+        pre_split = (root / "train").is_dir()
+        train_folder = root / "train" if pre_split else root
+        listing = self._list(train_folder, root)
+        # a restored run keeps its classes' numbers, whatever folders the disk holds now
+        self.class_names = list(self.learned("class_names", lambda: listing[2]))
+        splits = {"train": self._folder(listing, self.class_names, train_folder)}
+        for split in ("val", "test"):
+            if pre_split and (root / split).is_dir():
+                listing = self._list(root / split, root)
+                splits[split] = self._folder(listing, self.class_names, root / split)
+        share = 1.0  # of the training images still in train: fractions count from the whole
+        for split, fraction in (("test", self.test_fraction), ("val", self.val_fraction)):
+            if split not in splits:  # missing on disk: carved from the training images
+                train = splits["train"]
+                labels, count = train.labels.numpy(), len(train.labels)
+                what = f"{count} images"
+                rest, part = carve(
+                    count, fraction / share, labels, self.split_seed, what, SPLIT_REMEDY
+                )
+                splits["train"], splits[split] = train.subset(rest), train.subset(part)
+                share -= fraction
+        return splits
+
+    def _streams(self, splits: dict[str, ImageFiles]) -> bool:
+        """Whether to stream: data.in_memory, or for auto whether the float tensors would
+        exceed the memory budget."""
+        mode = memory_mode(self.in_memory)
+        if mode != "auto":
+            return mode == "false"
+        floats = 4 * math.prod(self.input_shape) * sum(len(s) for s in splits.values())
+        return floats > memory_budget(self.memory_limit_mb)
 
     def load(self) -> None:
         root = Path(self.root).expanduser().resolve()
         if not root.is_dir():
             raise self._layout_error(root, "the folder does not exist")
-        pre_split = (root / "train").is_dir()
-        x, y, names = self._read(root / "train" if pre_split else root, root)
-        splits = {"train": (x, y)}
-        for split in ("val", "test"):
-            if pre_split and (root / split).is_dir():
-                xs, ys, found = self._read(root / split, root)
-                unknown = sorted(set(found) - set(names))
-                if unknown:
-                    problem = f"{split}/ has classes missing from train/: {', '.join(unknown)}"
-                    raise self._layout_error(root, problem)
-                # Each ImageFolder numbers its own classes; renumber by the training classes.
-                splits[split] = (xs, torch.tensor([names.index(c) for c in found])[ys])
-        share = 1.0  # of the training images still in train: fractions count from the whole
-        for split, fraction in (("test", self.test_fraction), ("val", self.val_fraction)):
-            if split not in splits:  # missing on disk: carved from the training images
-                train = splits["train"]
-                splits["train"], splits[split] = _carve(*train, fraction / share, self.split_seed)
-                share -= fraction
-        self.splits = standardize(splits, dims=(0, 2, 3))
-        self.class_names = names
+        splits = self._splits(root)
+        self.streamed = self._streams(splits)
+        sample = stats_sample(len(splits["train"]), self.split_seed)
+        if self.streamed:
+            train = BatchReader(splits["train"], self.skip_bad)
+            stats = self.learned(
+                "standardize",
+                lambda: measure(train, sample, self.workers, self.unreadable),
+            )
+            self.scale = scaling(stats, self.input_shape)
+            self.streams = splits
+            self.splits = NotInMemory()
+        else:
+            self.splits = self._hold(splits, sample)
+        self.loaded = True
+        self.unreadable.report()
+
+    def _hold(
+        self, splits: dict[str, ImageFiles], sample: np.ndarray
+    ) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Every split read into memory, standardized. Each is read as uint8 into one
+        preallocated tensor and turned into float in place: the peak stays near what is held
+        (the float splits, and one split's uint8 bytes besides)."""
+        held: dict[str, tuple[torch.Tensor, ...]] = {}
+        for name, files in splits.items():  # train first: it gives the statistics
+            reader = BatchReader(files, self.skip_bad)
+            every = np.arange(len(files))
+            x, y, kept = read_all(reader, every, self.workers, self.unreadable)
+            if self.scale is None:
+                rows = np.flatnonzero(np.isin(kept, sample))
+                stats = self.learned("standardize", lambda x=x, rows=rows: _moments_of(x, rows))
+                self.scale = scaling(stats, self.input_shape)
+            held[name] = (to_float(x, *self.scale), y)
+            del x  # its bytes go before the next split is read
+        return held
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.loaded:
+            self.load()
+
+    def _batches(self, split: str, shuffle: bool | None = None) -> TensorBatches:
+        if not self.streamed:
+            return super()._batches(split, shuffle)
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        batches = StreamBatches(
+            BatchReader(self.streams[split], self.skip_bad),
+            self.batch_size,
+            self.scale,
+            self.unreadable,
+            workers=self.workers,
+            device=device,
+            shuffle=split == "train" if shuffle is None else shuffle,
+            seed=self.seed,
+            per_step=self.steps_per_execution,
+            limit=self.limits.get(split),
+        )
+        self.open_loaders.add(batches)
+        return batches
+
+
+def _moments_of(x: torch.Tensor, rows: np.ndarray) -> dict[str, list]:
+    """Pixel statistics of the held uint8 samples at `rows`, a chunk at a time."""
+    moments = PixelMoments()
+    for start in range(0, len(rows), CHUNK):
+        moments.add(x[torch.as_tensor(rows[start : start + CHUNK])])
+    return moments.result(x.dim())

@@ -1,22 +1,44 @@
-"""Convolutional network builder: conv stages with pooling, then fully connected layers."""
+"""Convolutional network builder: conv stages with pooling, then fully connected layers.
+
+One builder for (C, H, W) images and (C, L) signals: the same units, in 2-D or 1-D.
+"""
 
 from __future__ import annotations
+
+import math
 
 from torch import Tensor, nn
 
 from nnlab.errors import UserError
 from nnlab.models.layers import make_activation, make_norm
 
+BUILDER = "nnlab.models.cnn.build_cnn"  # the _target_ that builds this network
+# Spatial axes per sample → the convolution and pooling classes that run over them.
+CONVS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d}
+POOLS: dict[int, type[nn.Module]] = {1: nn.MaxPool1d, 2: nn.MaxPool2d}
+
+
+def _conv(cin: int, cout: int, kernel: int, dims: int, bias: bool = True) -> nn.Module:
+    """A size-preserving convolution over `dims` spatial axes."""
+    return CONVS[dims](cin, cout, kernel, padding=kernel // 2, bias=bias)
+
 
 class ConvUnit(nn.Sequential):
-    """conv → norm → activation, size-preserving."""
+    """conv → norm → activation, size-preserving; `spatial` is the (H, W) or (L,) it runs over."""
 
     def __init__(
-        self, cin: int, cout: int, size: int, kernel: int, norm: str, groups: int, act: str
+        self,
+        cin: int,
+        cout: int,
+        spatial: tuple[int, ...],
+        kernel: int,
+        norm: str,
+        groups: int,
+        act: str,
     ) -> None:
         super().__init__(
-            nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=norm == "none"),
-            make_norm(norm, (cout, size, size), groups),
+            _conv(cin, cout, kernel, len(spatial), bias=norm == "none"),
+            make_norm(norm, (cout, *spatial), groups),
             make_activation(act),
         )
 
@@ -24,16 +46,31 @@ class ConvUnit(nn.Sequential):
 class ResidualBlock(nn.Module):
     """Two conv units with an identity skip: the gradient has a path around both."""
 
-    def __init__(self, channels: int, size: int, kernel: int, norm: str, groups: int, act: str):
+    def __init__(
+        self, channels: int, spatial: tuple[int, ...], kernel: int, norm: str, groups: int, act: str
+    ) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            ConvUnit(channels, channels, size, kernel, norm, groups, act),
-            nn.Conv2d(channels, channels, kernel, padding=kernel // 2),
+            ConvUnit(channels, channels, spatial, kernel, norm, groups, act),
+            _conv(channels, channels, kernel, len(spatial)),
         )
         self.act = make_activation(act)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(x + self.body(x))
+
+
+def _spatial_axes(input_shape: tuple[int, ...], signal: bool) -> tuple[int, ...]:
+    """The (H, W) or (L,) of the input; UserError for a shape the CNN cannot read."""
+    shape = tuple(input_shape)
+    if len(shape) == 3 or (signal and len(shape) == 2):
+        return shape[1:]
+    raise UserError(
+        f"model=cnn needs image data shaped (channels, height, width), or signals shaped "
+        f"(channels, length) from data=arrays, but this dataset gives inputs of shape {shape}. "
+        f"Use model=mlp, which reads any shape (or model=rnn for sequences), or an image "
+        f"dataset (digits, mnist, fashion_mnist, cifar10, image_folder)."
+    )
 
 
 def build_cnn(
@@ -47,31 +84,31 @@ def build_cnn(
     norm: str = "batch",
     norm_groups: int = 8,
     activation: str = "relu",
+    signal: bool = False,
 ) -> nn.Sequential:
-    """A CNN for (C, H, W) images: each stage is conv (+ residual block) then 2×2 max-pooling.
+    """A CNN for (C, H, W) images, or for (C, L) signals when `signal` (2-D samples are
+    otherwise (time steps, features) sequences, which a CNN does not read): each stage is conv
+    (+ residual block) then max-pooling by 2 along every spatial axis.
     The defaults are conf/model/cnn.yaml's under train.yaml's norm= and activation=."""
-    if len(input_shape) != 3:
+    spatial = _spatial_axes(input_shape, signal)
+    if min(spatial) >> len(channels) < 1:
+        what = "signals are only {} long" if len(spatial) == 1 else "images are only {}×{}"
         raise UserError(
-            f"model=cnn needs image data shaped (channels, height, width), but this dataset gives "
-            f"inputs of shape {tuple(input_shape)}. Use model=mlp for tabular data, or an image "
-            f"dataset (digits, mnist, fashion_mnist, cifar10, image_folder)."
+            f"model.channels has {len(channels)} stages, and each halves the input, but the "
+            f"{what.format(*spatial)}: use at most {min(spatial).bit_length() - 1} stages "
+            f"(for example model.channels=[32,64])."
         )
-    cin, size, width = input_shape
-    if size >> len(channels) < 1 or width >> len(channels) < 1:
-        raise UserError(
-            f"model.channels has {len(channels)} stages, and each halves the image, but the "
-            f"images are only {size}×{width}: use at most {min(size, width).bit_length() - 1} "
-            f"stages (for example model.channels=[32,64])."
-        )
+    dims = len(spatial)
+    cin = input_shape[0]
     layers: list[nn.Module] = []
     for cout in channels:
-        layers.append(ConvUnit(cin, cout, size, kernel_size, norm, norm_groups, activation))
+        layers.append(ConvUnit(cin, cout, spatial, kernel_size, norm, norm_groups, activation))
         if residual:
-            layers.append(ResidualBlock(cout, size, kernel_size, norm, norm_groups, activation))
-        layers.append(nn.MaxPool2d(2))
-        cin, size, width = cout, size // 2, width // 2
+            layers.append(ResidualBlock(cout, spatial, kernel_size, norm, norm_groups, activation))
+        layers.append(POOLS[dims](2))
+        cin, spatial = cout, tuple(size // 2 for size in spatial)
     layers += [nn.Flatten(), nn.Dropout(dropout) if dropout > 0 else nn.Identity()]
-    features = cin * size * width
+    features = cin * math.prod(spatial)
     if fc_hidden > 0:
         layers += [nn.Linear(features, fc_hidden), make_activation(activation)]
         features = fc_hidden

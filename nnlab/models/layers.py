@@ -33,8 +33,15 @@ def _groups_for(channels: int, groups: int) -> int:
     return max(g for g in range(1, min(groups, channels) + 1) if channels % g == 0)
 
 
+# Per-sample activation rank → the batch-norm and instance-norm classes for it: (features,),
+# a (C, L) signal, a (C, H, W) image.
+BATCH_NORMS: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d}
+INSTANCE_NORMS: dict[int, type[nn.Module]] = {2: nn.InstanceNorm1d, 3: nn.InstanceNorm2d}
+
+
 def make_norm(kind: str, shape: tuple[int, ...], groups: int = 8) -> nn.Module:
-    """A normalization layer for activations of `shape` (per sample): (features,) or (C, H, W)."""
+    """A normalization layer for activations of `shape` (per sample): (features,), a (C, L)
+    signal or a (C, H, W) image."""
     if kind not in NORMS:
         raise choice_error("norm", kind, NORMS)
     if kind == "none":
@@ -42,20 +49,21 @@ def make_norm(kind: str, shape: tuple[int, ...], groups: int = 8) -> nn.Module:
     channels = shape[0]
     spatial = len(shape) > 1
     if kind == "batch":
-        return nn.BatchNorm2d(channels) if spatial else nn.BatchNorm1d(channels)
+        return BATCH_NORMS[len(shape)](channels)
     if kind == "layer":
-        # Over (C, H, W) LayerNorm is GroupNorm with one group: it keeps per-channel affine
-        # parameters and does not tie the layer to one image size.
+        # Over (C, ...) LayerNorm is GroupNorm with one group: it keeps per-channel affine
+        # parameters and does not tie the layer to one image size or signal length.
         return nn.GroupNorm(1, channels) if spatial else nn.LayerNorm(channels)
     if kind == "group":
         return nn.GroupNorm(_groups_for(channels, groups), channels)
     if not spatial:
         raise UserError(
-            "norm=instance normalizes each channel of an image over its pixels, so it needs a "
-            "convolutional model (model=cnn); a fully connected layer has no pixels to normalize "
-            "over. For this model use norm=batch, norm=layer or norm=group."
+            "norm=instance normalizes each channel of an image or signal over its positions, so "
+            "it needs a convolutional model (model=cnn); a fully connected layer has no "
+            "positions to normalize over. For this model use norm=batch, norm=layer or "
+            "norm=group."
         )
-    return nn.InstanceNorm2d(channels, affine=True)
+    return INSTANCE_NORMS[len(shape)](channels, affine=True)
 
 
 def count_parameters(module: nn.Module) -> int:

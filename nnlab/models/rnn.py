@@ -10,9 +10,12 @@ from nnlab.choices import CELLS, RNN_NONLINEARITIES
 from nnlab.errors import UserError, choice_error
 from nnlab.models.layers import make_activation, make_norm
 
+BUILDER = "nnlab.models.rnn.build_rnn"  # the _target_ that builds this network
+
 
 class RecurrentNet(nn.Module):
-    """Reads a (batch, time, features) sequence; maps its final state to the outputs.
+    """Reads a (batch, time, features) sequence, or a (batch, channels, length) signal when
+    `channels_first` (as L steps of C features); maps its final state to the outputs.
 
     Layers are separate modules (not one multi-layer nn.LSTM) so a normalization layer can sit
     between them, as `norm=layer` asks. Given `lengths`, padded sequences are packed, so padding
@@ -20,15 +23,23 @@ class RecurrentNet(nn.Module):
     """
 
     def __init__(
-        self, layers: list[nn.Module], norms: list[nn.Module], dropout: float, head: nn.Module
+        self,
+        layers: list[nn.Module],
+        norms: list[nn.Module],
+        dropout: float,
+        head: nn.Module,
+        channels_first: bool = False,
     ) -> None:
         super().__init__()
+        self.channels_first = channels_first
         self.layers = nn.ModuleList(layers)
         self.norms = nn.ModuleList(norms)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = head
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if self.channels_first:
+            x = x.transpose(1, 2)
         seq: Tensor | PackedSequence = x
         if lengths is not None:
             seq = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
@@ -63,8 +74,11 @@ def build_rnn(
     norm: str = "batch",
     norm_groups: int = 8,
     activation: str = "relu",
+    signal: bool = False,
 ) -> RecurrentNet:
-    """An RNN for (time steps, features) inputs, to class logits or regression outputs.
+    """An RNN for (time steps, features) inputs, or for (channels, length) signals when
+    `signal` (read as `length` steps of `channels` features), to class logits or regression
+    outputs.
 
     `activation` is the nonlinearity of plain RNN cells (tanh or relu, as torch allows); LSTM and
     GRU gates have their fixed sigmoid/tanh. The defaults are conf/model/rnn.yaml's under
@@ -74,10 +88,12 @@ def build_rnn(
         raise choice_error("model.cell", cell, CELLS)
     if len(input_shape) != 2:
         raise UserError(
-            f"model=rnn needs sequence data shaped (time steps, features), but this dataset gives "
-            f"inputs of shape {tuple(input_shape)}. Use data=digits_seq (each digit read row by "
-            f"row), data=adding or data=sine, or model=mlp / model=cnn for this dataset."
+            f"model=rnn needs sequence data shaped (time steps, features), or signals shaped "
+            f"(channels, length) from data=arrays, but this dataset gives inputs of shape "
+            f"{tuple(input_shape)}. Use data=digits_seq (each digit read row by row), data=adding "
+            f"or data=sine, or model=mlp / model=cnn for this dataset."
         )
+    features = input_shape[0] if signal else input_shape[1]
     kwargs: dict = {"batch_first": True, "bidirectional": bidirectional}
     if cell == "rnn":
         if activation not in RNN_NONLINEARITIES:
@@ -89,6 +105,6 @@ def build_rnn(
         kwargs["nonlinearity"] = activation
     width = hidden * (2 if bidirectional else 1)
     module = getattr(nn, cell.upper())  # nn.LSTM, nn.GRU or nn.RNN
-    stack = [module(input_shape[1] if i == 0 else width, hidden, **kwargs) for i in range(layers)]
+    stack = [module(features if i == 0 else width, hidden, **kwargs) for i in range(layers)]
     norms = [make_norm(norm, (width,), norm_groups) for _ in range(layers - 1)]
-    return RecurrentNet(stack, norms, dropout, nn.Linear(width, num_outputs))
+    return RecurrentNet(stack, norms, dropout, nn.Linear(width, num_outputs), channels_first=signal)

@@ -34,7 +34,7 @@ class LeanModule(pl.LightningModule):
     the epoch bookkeeping every task that keeps per-epoch tensor sums shares."""
 
     diverged_at: int | None = None  # the epoch whose training loss was NaN/inf
-    CONFIG_KEY = "nnlab"  # where checkpoints hold the stamp: {"config": ..., "version": ...}
+    CONFIG_KEY = "nnlab"  # where checkpoints hold the stamp: config, version, preprocessing
     # Set by train(): every checkpoint, weights-only best.ckpt included, carries the resolved
     # config, so a .ckpt copied out of its run still rebuilds its model.
     config_stamp: dict[str, Any] | None = None
