@@ -114,28 +114,36 @@ class TensorBatches:
         return self
 
     def __iter__(self):
-        tensors = self.tensors
-        if self.order is not None:
-            order = self.order.order()
-            tensors = tuple(t[order] for t in tensors)
         n, rank, world = self._shard()
+        index = self.order.order() if self.order is not None else None
         if world > 1:  # the same order on every process (same seed), so the shards are disjoint
-            tensors = tuple(t[rank::world][:n] for t in tensors)
+            whole = index if index is not None else torch.arange(len(self.tensors[0]))
+            index = whole[rank::world][:n]
         full = self._full_count()
-        batches = (
-            tuple(
-                t[i * self.batch_size : n if i == full - 1 else (i + 1) * self.batch_size]
-                for t in tensors
-            )
-            for i in range(self.steps)
-        )
+        batches = (self._batch(index, i, n, full) for i in range(self.steps))
         group = self._group()
         if group is None:
             yield from batches
             return
-        batches = list(batches)
-        for i in range(0, len(batches), group):
-            yield batches[i : i + group]
+        step: list[tuple[torch.Tensor, ...]] = []
+        for batch in batches:
+            step.append(batch)
+            if len(step) == group:
+                yield step
+                step = []
+        if step:
+            yield step
+
+    def _batch(
+        self, index: torch.Tensor | None, i: int, n: int, full: int
+    ) -> tuple[torch.Tensor, ...]:
+        """Batch i: a slice of the tensors, or of their samples in `index` order, gathered batch
+        by batch (a shuffled copy of the whole split would double the memory it takes)."""
+        cut = slice(i * self.batch_size, n if i == full - 1 else (i + 1) * self.batch_size)
+        if index is None:
+            return tuple(t[cut] for t in self.tensors)
+        rows = index[cut]
+        return tuple(t[rows] for t in self.tensors)
 
 
 def carve(
