@@ -9,9 +9,8 @@ import pytorch_lightning as pl
 
 from nnlab import runs
 from nnlab.build import build
-from nnlab.errors import UserError
 from nnlab.models.layers import count_parameters
-from nnlab.restore import saved_preprocessing, saved_run
+from nnlab.restore import load_weights, saved_preprocessing, saved_run
 from nnlab.train import Result, prefixed, save_samples
 from nnlab.trainer import eval_trainer, quiet_lightning
 
@@ -26,14 +25,7 @@ def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> 
     trainer = eval_trainer(cfg, task)
     start = time.perf_counter()
     # The checkpoint is already in memory (it may carry the config): load it once, here.
-    try:
-        task.load_state_dict(checkpoint["state_dict"])
-    except (KeyError, TypeError, RuntimeError) as err:
-        raise UserError(
-            f"{ckpt} does not fit the model its config builds ({type(err).__name__}: "
-            f"{str(err).splitlines()[0]}). Give a checkpoint written by nnlab train for this run, "
-            f"and do not override model settings when evaluating it."
-        ) from None
+    load_weights(task, checkpoint, ckpt)
     test = trainer.test(task, datamodule=datamodule, verbose=False)
     metrics: dict[str, Any] = prefixed(test[0], "test/")
     out_dir = run_dir if run_dir is not None else ckpt.parent

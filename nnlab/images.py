@@ -31,6 +31,7 @@ PIXELS_ENV = "NNLAB_MAX_IMAGE_PIXELS"  # raises the limit for genuinely large im
 # whatever its name: an "image.png" holding PostScript would go to Ghostscript, a program.
 # JPEG covers the multi-picture JPEGs (MPO) of many phone cameras; PPM covers PGM and PBM.
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def max_image_pixels() -> int:
@@ -129,3 +130,29 @@ def read_square(path: str | Path, size: int, grayscale: bool = False) -> np.ndar
     if grayscale:
         return np.asarray(square.convert("L"))[None]
     return np.asarray(square).transpose(2, 0, 1)
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """Every image named, or inside a named folder (not recursive), in a stable order."""
+    found: list[Path] = []
+    for given in paths:
+        path = Path(given).expanduser()
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise UserError(
+                    f"The folder {path} holds no images (looked for "
+                    f"{', '.join(IMAGE_SUFFIXES)}). Give image files or a folder of them."
+                )
+            found += inside
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UserError(
+                f"No such image file or folder: {given}. Give image files (png, jpg, ...) or "
+                f"folders of them, e.g. nnlab predict latest photo.jpg more_photos/."
+            )
+    if not found:
+        raise UserError("Give at least one image file or folder to predict on.")
+    # A file named on its own and again through its folder is predicted once.
+    return list({p.resolve(): p for p in found}.values())

@@ -8,18 +8,18 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from nnlab import runs
 from nnlab.errors import UserError
-from nnlab.images import check_image, read_rgb
+from nnlab.images import check_image, image_files, read_rgb
 from nnlab.models.detection import BUILDER, detections
+from nnlab.predictions import Predictions, predict_values
 from nnlab.restore import saved_run
 from nnlab.tasks.detection import CHECKPOINT_KEY, draw
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PREDICTIONS = "predictions"  # <run>/predictions/: drawn images and detections.json
 DETECTIONS = "detections.json"
 
@@ -31,43 +31,15 @@ class Prediction:
     images: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # image → detections
 
 
-def image_files(paths: list[str]) -> list[Path]:
-    """Every image named, or inside a named folder (not recursive), in a stable order."""
-    found: list[Path] = []
-    for given in paths:
-        path = Path(given).expanduser()
-        if path.is_dir():
-            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not inside:
-                raise UserError(
-                    f"The folder {path} holds no images (looked for "
-                    f"{', '.join(IMAGE_SUFFIXES)}). Give image files or a folder of them."
-                )
-            found += inside
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise UserError(
-                f"No such image file or folder: {given}. Give image files (png, jpg, ...) or "
-                f"folders of them, e.g. nnlab predict latest photo.jpg more_photos/."
-            )
-    if not found:
-        raise UserError("Give at least one image file or folder to predict on.")
-    # A file named on its own and again through its folder is predicted once.
-    return list({p.resolve(): p for p in found}.values())
-
-
-def load_detector(target: str, output_dir: str = "outputs") -> tuple[Any, list[str], Path, Path]:
-    """The trained detector (eval mode), its class names, its run directory (or the
-    checkpoint's folder) and the checkpoint; UserError for anything but a detection run."""
-    run_dir, ckpt, checkpoint, cfg = saved_run(target, [], output_dir)
-    target_of = OmegaConf.select(cfg, "model._target_")
-    if target_of != BUILDER or CHECKPOINT_KEY not in checkpoint:
-        kind = str(target_of or "unknown").rsplit(".", 1)[-1].removeprefix("build_")
+def load_detector(
+    run_dir: Path | None, ckpt: Path, checkpoint: dict[str, Any], cfg: DictConfig
+) -> tuple[Any, list[str]]:
+    """The trained detector (eval mode) and its class names; UserError when the checkpoint
+    lacks what a detection run's holds."""
+    if CHECKPOINT_KEY not in checkpoint:
         raise UserError(
-            f"nnlab predict draws object detections, but {run_dir or ckpt} is a {kind} run, not "
-            f"a detection run. Give a run trained with model=faster_rcnn (nnlab train "
-            f"model=faster_rcnn data=shapes), or use nnlab eval for other models."
+            f"{ckpt} is configured as a detection run (model=faster_rcnn) but holds no class "
+            f"names: it was not written by nnlab train. Give a checkpoint of a detection run."
         )
     names = list(checkpoint[CHECKPOINT_KEY]["class_names"])
     spec = OmegaConf.to_container(cfg.model, resolve=True)
@@ -81,7 +53,7 @@ def load_detector(target: str, output_dir: str = "outputs") -> tuple[Any, list[s
     }
     model.load_state_dict(state)
     model.eval()
-    return model, names, run_dir or ckpt.parent, ckpt
+    return model, names
 
 
 def _read(path: Path) -> torch.Tensor:
@@ -94,15 +66,32 @@ def predict(
     output_dir: str = "outputs",
     min_score: float = 0.5,
     out_dir: Path | None = None,
+) -> Prediction | Predictions:
+    """Predict with a trained run, into `out_dir` (default <run>/predictions/): a detection
+    run draws its boxes (detect); a classifier or regressor writes predictions.csv for the
+    rows, arrays or images given (predictions.predict_values)."""
+    run_dir, ckpt, checkpoint, cfg = saved_run(target, [], output_dir)
+    out_dir = out_dir or (run_dir or ckpt.parent) / PREDICTIONS
+    if OmegaConf.select(cfg, "model._target_") != BUILDER:
+        return predict_values(run_dir, ckpt, checkpoint, cfg, paths, out_dir)
+    return detect(ckpt, checkpoint, cfg, paths, out_dir, min_score, run_dir)
+
+
+def detect(
+    ckpt: Path,
+    checkpoint: dict[str, Any],
+    cfg: DictConfig,
+    paths: list[str],
+    out_dir: Path,
+    min_score: float,
+    run_dir: Path | None = None,
 ) -> Prediction:
     """Detect objects in every image; write <name>.png with boxes drawn and detections.json
-    (boxes as x0, y0, x1, y1 pixels of the original image) into `out_dir`
-    (default <run>/predictions/)."""
-    files = image_files(paths)  # bad paths fail before the model loads
+    (boxes as x0, y0, x1, y1 pixels of the original image) into `out_dir`."""
+    files = image_files(paths)  # bad paths fail before the model is built
     for path in files:
         check_image(path)  # so do oversized or foreign files: nothing is drawn for any of them
-    model, names, run_dir, ckpt = load_detector(target, output_dir)
-    out_dir = out_dir or run_dir / PREDICTIONS
+    model, names = load_detector(run_dir, ckpt, checkpoint, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = Prediction(out_dir, ckpt)
     used: set[str] = set()

@@ -108,6 +108,18 @@ def run_config(
     )
 
 
+def load_weights(task: torch.nn.Module, checkpoint: dict[str, Any], ckpt: Path) -> None:
+    """The checkpoint's weights into the task its config built; UserError when they differ."""
+    try:
+        task.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise UserError(
+            f"{ckpt} does not fit the model its config builds ({type(err).__name__}: "
+            f"{str(err).splitlines()[0]}). Give a checkpoint written by nnlab train for this run, "
+            f"and do not override model settings when evaluating it."
+        ) from None
+
+
 def saved_preprocessing(run_dir: Path | None, checkpoint: dict[str, Any]) -> dict[str, Any]:
     """What a trained run's data learned from its training split: its run directory's
     preprocessing.json, else the copy stamped into the checkpoint; {} for runs from before nnlab

@@ -308,7 +308,7 @@ def test_predict_input_errors(nnlab, in_shared):
     assert digits.exit_code == 0, digits.output
     paths = write_shape_pngs(in_shared / "one", 1)
     assert_clear_error(
-        nnlab("predict", "latest", str(paths[0])), ["not a detection run", "model=faster_rcnn"]
+        nnlab("predict", "latest", str(paths[0])), ["DigitsDataModule) has no such files", "eval"]
     )
 
 

@@ -18,7 +18,14 @@ LAYERS = (
     ("nnlab.cli",),
     ("nnlab.commands",),
     ("nnlab.plan", "nnlab.sweep", "nnlab.study"),
-    ("nnlab.train", "nnlab.evaluate", "nnlab.restore", "nnlab.predict", "nnlab.export"),
+    (
+        "nnlab.train",
+        "nnlab.evaluate",
+        "nnlab.restore",
+        "nnlab.predict",
+        "nnlab.predictions",
+        "nnlab.export",
+    ),
     # reference: the GAN's judge, which build asks for and which trains a classifier of its own
     ("nnlab.build", "nnlab.trainer", "nnlab.reference"),
     ("nnlab.tasks",),

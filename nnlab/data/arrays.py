@@ -229,6 +229,39 @@ class ArraysDataModule(TensorDataModule):
                     f"or drop them before training (np.nan_to_num, or a mask over the rows)."
                 )
 
+    def inputs(self, paths: list[str]) -> tuple[list[tuple[str, str]], torch.Tensor]:
+        """Samples of new .npy files, or of the `x` (else `x_test`) array of .npz files, scaled
+        as the training split was; a sample is named by its index in its file."""
+        layout = self.fitted["layout"]
+        samples = Samples(layout, self.fitted["standardize"])
+        ids: list[tuple[str, str]] = []
+        xs = []
+        for given in paths:
+            path = Path(given).expanduser()
+            source = ArraySource(path, self._input_key(path))
+            x = source.open()
+            self._check_shape(Part(source, x, np.empty(len(x))), layout)
+            xs.append(samples(np.asarray(x)))
+            ids += [(str(given), str(i)) for i in range(len(x))]
+        return ids, torch.cat(xs)
+
+    def _input_key(self, path: Path) -> str | None:
+        if not path.is_file() or path.suffix not in (".npy", ".npz"):
+            raise UserError(
+                f"Cannot read inputs from {path}: give .npy files of samples, or .npz files "
+                f"holding them as x (or x_test), shaped as in training."
+            )
+        if path.suffix == ".npy":
+            return None
+        keys = npz_keys(path)
+        for key in ("x", "x_test"):
+            if key in keys:
+                return key
+        raise UserError(
+            f"{path} holds the arrays {', '.join(keys) or 'none'}, but no x or x_test: name "
+            f"the array of samples to predict on x (np.savez(file, x=samples))."
+        )
+
     def _parts(self) -> dict[str, Part]:
         """The arrays the files hold: {"all": ...} to split, or train, test (and val)."""
         if not self.path.is_file():

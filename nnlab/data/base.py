@@ -255,6 +255,17 @@ class TensorDataModule(pl.LightningDataModule):
         """Fill self.splits['train'|'val'|'test'] = (x, y) and self.class_names."""
         raise NotImplementedError
 
+    def inputs(self, paths: list[str]) -> tuple[list[tuple[str, str]], torch.Tensor]:
+        """New samples read from the files at `paths` and scaled as the training data was (by
+        `fitted`): their ids, (file, item within it), and the model's inputs. For datasets
+        read from the user's files; the others have nothing to read new samples from."""
+        raise UserError(
+            f"nnlab predict reads new inputs from files for runs trained on data=table (rows "
+            f"of a CSV or Parquet file), data=arrays (.npz or .npy) or data=image_folder "
+            f"(images), but this run's data ({type(self).__name__}) has no such files. Test it "
+            f"with nnlab eval instead."
+        )
+
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             self.load()

@@ -236,6 +236,30 @@ class TableDataModule(TensorDataModule):
             for split, frame in frames.items()
         }
 
+    def inputs(self, paths: list[str]) -> tuple[list[tuple[str, str]], torch.Tensor]:
+        """Rows of new tables, encoded by the training statistics and vocabularies; a row is
+        named by its position in its file (0 for the first row under the header)."""
+        columns, encoding = self.fitted["columns"], self.fitted["encoding"]
+        names = [name for name, _ in columns]
+        ids: list[tuple[str, str]] = []
+        blocks = []
+        for path in paths:
+            self.files["input"] = ("input", path)
+            frame = read_table(path, self.sep, "input")
+            require_columns(frame, names, self._where("input"), "The model reads the column")
+            gaps = frame[names].isna().sum()
+            gaps = gaps[gaps > 0]
+            if len(gaps) and self.missing != "mean":
+                found = ", ".join(f"'{name}' in {_rows(count)}" for name, count in gaps.items())
+                raise UserError(
+                    f"{path} has missing values ({found}), and this run was trained with "
+                    f"data.missing={self.missing}, which learned nothing to fill them with. "
+                    f"Fill or remove those rows, or train with data.missing=mean."
+                )
+            blocks.append(self._inputs(frame, columns, encoding, "input"))
+            ids += [(str(path), str(row)) for row in range(len(frame))]
+        return ids, torch.from_numpy(np.concatenate(blocks))
+
     def _columns(self, frame: pd.DataFrame) -> Columns:
         """The feature columns and their kinds, from the training file."""
         if self.features is None:

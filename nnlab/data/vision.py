@@ -37,7 +37,7 @@ from nnlab.data.streaming import (
     to_float,
 )
 from nnlab.errors import UserError, choice_error
-from nnlab.images import check_image, read_square
+from nnlab.images import check_image, image_files, read_square
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 
@@ -433,6 +433,15 @@ class ImageFolderDataModule(TensorDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.loaded:
             self.load()
+
+    def inputs(self, paths: list[str]) -> tuple[list[tuple[str, str]], torch.Tensor]:
+        """Image files (or folders of them), resized and standardized as the training images."""
+        files = image_files(paths)
+        x = torch.empty((len(files), *self.input_shape), dtype=torch.uint8)
+        for i, path in enumerate(files):
+            x[i] = torch.from_numpy(read_square(path, self.image_size, self.grayscale))
+        scale = scaling(self.fitted["standardize"], self.input_shape)
+        return [(str(path), "") for path in files], to_float(x, *scale)
 
     def _batches(self, split: str, shuffle: bool | None = None) -> TensorBatches:
         if not self.streamed:

@@ -99,8 +99,9 @@ def inference(overrides: list[str], images: int, batch: int, run: str | None) ->
     model = task.model.eval()
     if run:
         from nnlab.predict import load_detector
+        from nnlab.restore import saved_run
 
-        model = load_detector(run)[0]
+        model = load_detector(*saved_run(run, []))[0]
     x = datamodule.splits["val"][0][:images].float() / 255
     with torch.no_grad():
         model(x[:batch])  # warm-up
