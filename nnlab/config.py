@@ -328,6 +328,22 @@ def take_argument(arguments: list[str], key: str) -> tuple[list[str], list[str]]
     return taken, [a for a in arguments if a.partition("=")[0] != key]
 
 
+# Keys renamed since runs were saved: (section, _target_ of that section, old key) -> new key.
+RENAMED = {("data", "nnlab.data.coco.CocoDataModule", "num_workers"): "workers"}
+
+
+def _renamed(saved: dict[str, Any]) -> dict[str, Any]:
+    """`saved` with keys renamed since it was written under their names of today."""
+    saved = dict(saved)
+    for (section, target, old), new in RENAMED.items():
+        node = saved.get(section)
+        if isinstance(node, dict) and node.get("_target_") == target and old in node:
+            node = dict(node)
+            node.setdefault(new, node.pop(old))
+            saved[section] = node
+    return saved
+
+
 def saved_run_config(
     saved: dict[str, Any],
     choices: dict[str, str] | None,
@@ -354,7 +370,7 @@ def saved_run_config(
         if unknown:
             group, choice = next(iter(unknown.items()))
             raise choice_error(f"{group} choice", choice, groups()[group])
-        saved = expand_saved_paths(saved)
+        saved = expand_saved_paths(_renamed(saved))
         # unvalidated: mandatory keys (data.root) are filled by the saved config below
         base = _compose([f"{g}={c}" for g, c in choices.items() if g in groups()])
         absent = missing_sections(saved)

@@ -246,7 +246,7 @@ class CocoSchema:
     val_fraction: float = spec(gt=0.0, lt=1.0)
     test_fraction: float = spec(gt=0.0, lt=1.0)
     split_seed: int = spec(ge=0, le=MAX_SEED)
-    num_workers: int = spec(ge=0)
+    workers: int = spec(ge=0)
     batch_size: int = spec(ge=1)
     seed: int = spec(ge=0)
     in_memory: Any = spec(choices=IN_MEMORY)

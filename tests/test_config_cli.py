@@ -78,3 +78,19 @@ def test_wheel_ships_the_configs(tmp_path):
         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
     )
     assert proc.stdout.strip() == "cnn", proc.stderr
+
+
+def test_a_coco_run_saved_with_num_workers_loads_with_it_renamed_workers(tmp_path):
+    """COCO's data.num_workers became data.workers (one name for every dataset): a run saved
+    before keeps its value, not an 'unknown key' refusal."""
+    from omegaconf import OmegaConf
+
+    from nnlab.config import compose_config, saved_run_config
+
+    cfg, choices = compose_config(["data=coco", f"data.root={tmp_path}", "data.workers=3"])
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    saved.pop("hydra", None)
+    saved["data"]["num_workers"] = saved["data"].pop("workers")
+    loaded, _ = saved_run_config(saved, choices, [], None, "an old run's config.yaml")
+    assert loaded.data.workers == 3
+    assert "num_workers" not in loaded.data

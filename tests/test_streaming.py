@@ -233,7 +233,7 @@ def test_coco_images_held_in_memory_are_the_images_read_per_batch(tmp_path, work
     write_coco(tmp_path)
 
     def module(**kw) -> CocoDataModule:
-        dm = CocoDataModule(str(tmp_path), num_workers=workers, **kw)
+        dm = CocoDataModule(str(tmp_path), workers=workers, **kw)
         dm.setup()
         return dm
 

@@ -205,7 +205,7 @@ class CocoDataModule(DetectionDataModule):
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         split_seed: int = 0,
-        num_workers: int = 0,
+        workers: int = 0,
         batch_size: int = 4,
         seed: int = 0,
         in_memory: bool | str = "auto",
@@ -220,7 +220,7 @@ class CocoDataModule(DetectionDataModule):
         }
         self.fractions = {"val": val_fraction, "test": test_fraction}
         self.split_seed = split_seed
-        self.num_workers = num_workers
+        self.workers = workers
         self.in_memory = in_memory
         self.memory_limit_mb = memory_limit_mb
         self.records: dict[str, list[Record]] = {}
@@ -258,10 +258,10 @@ class CocoDataModule(DetectionDataModule):
         # its own generator: the global one's draws would shift the model's initialization
         generator = torch.Generator().manual_seed(0)
         images = DataLoader(
-            _Decoded(records), batch_size=None, num_workers=self.num_workers, generator=generator
+            _Decoded(records), batch_size=None, num_workers=self.workers, generator=generator
         )
         # cloned: a tensor from a worker holds a shared-memory segment (and its file) open
-        return [image.clone() if self.num_workers else image for image in images]
+        return [image.clone() if self.workers else image for image in images]
 
     def _carve(self, splits: list[str]) -> None:
         train = self.records["train"]
@@ -285,7 +285,7 @@ class CocoDataModule(DetectionDataModule):
         images = CocoImages(self.records[split], self.cache.get(split))
         # Shuffled by the trainer's epoch, not by one generator's draws (see EpochShuffle).
         order = EpochShuffle(len(images), self.seed, self.trainer) if shuffle else None
-        workers = 0 if self.cache else self.num_workers  # held images need no reading
+        workers = 0 if self.cache else self.workers  # held images need no reading
         return DataLoader(
             images,
             batch_size=self.batch_size,
