@@ -89,6 +89,19 @@ def build(
     return datamodule, _supervised_task(cfg, datamodule, model, optimizer, schedule)
 
 
+def build_network(
+    cfg: DictConfig, fitted: dict[str, Any] | None = None
+) -> tuple[pl.LightningDataModule, torch.nn.Module]:
+    """The datamodule (set up) and the bare network the config describes, without a task: no
+    optimizer, no GAN judge (which may train a classifier first). What predict needs."""
+    datamodule = _instantiate(cfg.data)
+    _set_up(datamodule, fitted)
+    spec = OmegaConf.to_container(cfg.model, resolve=True)
+    for key in GAN_TASK_OPTIONS:
+        spec.pop(key, None)
+    return datamodule, _model(spec, datamodule)
+
+
 def _set_up(datamodule: pl.LightningDataModule, fitted: dict[str, Any] | None) -> None:
     """Load the data, scaled by `fitted` when given; a stored preprocessing that does not fit
     the data (hand-edited, or from another dataset) is a UserError, not a traceback."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from nnlab.commands import check, predict, runs, sweep, train
+from nnlab.commands.compare import compare
 
 app = typer.Typer(
     help="nnlab: train, compare and understand neural networks.\n\n"
@@ -30,9 +31,11 @@ app.command(context_settings=OVERRIDES)(train.train)
 app.command("eval", context_settings=OVERRIDES)(train.eval_)
 app.command(context_settings=OVERRIDES)(sweep.sweep)
 app.command("runs")(runs.runs_)
+app.command()(compare)
 app.command()(runs.board)
 app.command(context_settings=OVERRIDES)(runs.config)
 app.command()(predict.predict)
+app.command()(predict.export)
 
 check_app = typer.Typer(
     help="Check the library against nnlab's from-scratch math (nnlab/scratch/).",

@@ -28,6 +28,8 @@ def evaluate(target: str, overrides: list[str], output_dir: str = "outputs") -> 
     load_weights(task, checkpoint, ckpt)
     test = trainer.test(task, datamodule=datamodule, verbose=False)
     metrics: dict[str, Any] = prefixed(test[0], "test/")
+    if getattr(task, "test_samples", None):  # an accuracy's interval needs the test set's size
+        metrics["test_samples"] = task.test_samples
     out_dir = run_dir if run_dir is not None else ckpt.parent
     save_samples(task, out_dir)
     metrics.update(

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
+from torch.utils.tensorboard.writer import FileWriter
 
-from nnlab import compat
+from nnlab import compat, hparams
 
 FLUSH_S = 5.0  # how often TensorBoard reloads a run by default: a viewer waits no longer
 
@@ -48,6 +50,9 @@ class TensorBoard(TensorBoardLogger):
     (tests/perf/bench_overhead.py). Between saves that thread writes events as they come and
     flushes every FLUSH_S seconds, and Lightning saves and closes the logger whenever training
     ends, however it ends.
+
+    Lightning's `epoch` counter is left out: the axis is steps, and its chart would open the
+    board. The run's HParams session (nnlab/hparams.py) is opened and closed here.
     """
 
     def __init__(self, *args: Any, prefix: str = "", **kwargs: Any) -> None:
@@ -64,6 +69,8 @@ class TensorBoard(TensorBoardLogger):
             return
         scalars, others = {}, {}
         for name, value in metrics.items():
+            if name == "epoch":
+                continue
             if isinstance(value, Tensor) and value.numel() == 1:
                 value = value.item()
             (scalars if isinstance(value, int | float) else others)[name] = value
@@ -80,3 +87,49 @@ class TensorBoard(TensorBoardLogger):
     def finalize(self, status: str) -> None:
         self._saved_at = -math.inf  # the last save writes hparams.yaml: never skip it
         super().finalize(status)
+
+    @rank_zero_only
+    def log_points(self, tag: str, points: Iterable[tuple[int, float]]) -> None:
+        """Values of one tag at steps of their own (a training loss sampled every N steps)."""
+        for step, value in points:
+            write_scalars(self.experiment, {tag: value}, step)
+
+    @rank_zero_only
+    def open_session(
+        self,
+        root: Path,
+        config: Mapping[str, Any],
+        choices: Mapping[str, str],
+        overrides: list[str],
+    ) -> None:
+        """A new run's config (TensorBoard's text view, and hparams.yaml) and its HParams
+        session, whose settings join the experiment of everything under `root`."""
+        self.log_hyperparams(dict(config))  # hparams.yaml only: with no metrics, no event
+        self.experiment.add_text("config", hparams.config_text(config, overrides), 0)
+        values = hparams.session_values(config, choices)
+        label = hparams.session_label(Path(self.save_dir), root)
+        self._write_raw(hparams.start_summary(values, label))
+        hparams.update_experiment(
+            root, values, chosen=hparams.chosen(overrides, values), groups=choices
+        )
+
+    @rank_zero_only
+    def close_session(self, root: Path, status: str, metrics: Mapping[str, float]) -> None:
+        """The session's end: its status, and the final metrics (in the `final` sub-run, which
+        HParams reads them from) with their names added to the experiment."""
+        if metrics:
+            step = self.steps() if self.steps is not None else 0
+            hparams.write_final(Path(self.log_dir) / hparams.FINAL, metrics, step)
+            hparams.update_experiment(root, metrics=metrics)
+        end = hparams.end_summary(status)
+        if end is not None:
+            self._write_raw(end)
+
+    def _write_raw(self, summary: Any) -> None:
+        """A summary into this run's own event file, written out now. One writer per run:
+        TensorBoard's Python loader reads only a run's newest file."""
+        writer = compat.file_writer(self.experiment)
+        if writer is None:  # no private writer to reach: a file of its own (see compat)
+            writer = FileWriter(self.log_dir)
+        writer.add_summary(summary)
+        writer.flush()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nnlab import noise
 from nnlab.config import take_argument
 from nnlab.errors import UserError
 
@@ -27,10 +28,15 @@ class RunSpec:
     choices: dict[str, str]  # the option chosen in every config group
     overrides: list[str]  # everything the run is composed from, as its overrides.yaml keeps
     label: str = ""  # the run's label in an experiment preset
-    # the user's own overrides for this run (one -m combination), without an experiment's:
-    # what tells runs apart in reports
+    # the user's own overrides for this run (one -m combination) and a preset's seed=, without
+    # an experiment's other overrides: what tells runs apart in reports
     given: list[str] = field(default_factory=list)
     resume_dir: Path | None = None  # the run directory a resumed run continues
+
+    @property
+    def setting(self) -> tuple[str, ...]:
+        """What the run shares with its repeats over seeds: its label and overrides but seed."""
+        return (self.label, *noise.setting(self.given))
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,8 @@ def take_resume(option: str | None, overrides: list[str]) -> tuple[str | None, l
 def _combinations(
     experiment: Experiment | None, overrides: list[str], multirun: bool
 ) -> list[RunSpec]:
-    """Every experiment run times every -m combination, each composed."""
+    """Every experiment run times every -m combination times the preset's seeds, each
+    composed."""
     from nnlab import experiments
     from nnlab.config import compose_config
     from nnlab.search_space import expand_multirun
@@ -92,10 +99,12 @@ def _combinations(
     combinations = expand_multirun(overrides) if multirun else [overrides]
     specs = []
     for label in labels:
-        for given in combinations:
-            every = experiments.run_overrides(experiment, label, given) if experiment else given
-            cfg, choices = compose_config(every)
-            specs.append(RunSpec(cfg, choices, every, label=label, given=given))
+        for combination in combinations:
+            for seed in experiments.seed_overrides(experiment, combination):
+                given = [*combination, *seed]
+                every = experiments.run_overrides(experiment, label, given) if experiment else given
+                cfg, choices = compose_config(every)
+                specs.append(RunSpec(cfg, choices, every, label=label, given=given))
     return specs
 
 

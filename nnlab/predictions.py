@@ -7,16 +7,19 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
 from nnlab import runs
-from nnlab.build import build
+from nnlab.build import build, build_network
 from nnlab.errors import UserError
 from nnlab.restore import load_weights, saved_preprocessing
 from nnlab.tasks.supervised import SupervisedTask
 
 PREDICTIONS_CSV = "predictions.csv"
+SAMPLES_PNG = "samples.png"  # a GAN run's grid of new samples
+SAMPLES_NPZ = "samples.npz"  # and the samples themselves: x, uint8 (N, C, H, W)
 
 
 @dataclass
@@ -41,8 +44,8 @@ def predict_values(
     if not isinstance(task, SupervisedTask):
         raise UserError(
             f"nnlab predict writes classes or values for classification and regression runs, "
-            f"and drawings for detection runs; {run_dir or ckpt} is a {type(task).__name__} "
-            f"run. Its samples come from nnlab eval (samples.png for a GAN)."
+            f"samples for GAN runs and drawings for detection runs; {run_dir or ckpt} is a "
+            f"{type(task).__name__} run."
         )
     ids, x = datamodule.inputs(paths)
     load_weights(task, checkpoint, ckpt)
@@ -84,3 +87,47 @@ def _rows(
             row.update({f"output_{k}": f"{value:.6g}" for k, value in enumerate(v)})
         rows.append(row)
     return rows
+
+
+@dataclass
+class Samples:
+    grid: Path  # samples.png
+    arrays: Path  # samples.npz
+    count: int
+
+
+def generate_samples(
+    run_dir: Path | None, ckpt: Path, checkpoint: dict, cfg, count: int, seed: int, out_dir: Path
+) -> Samples:
+    """`count` new images from a GAN run's generator (its moving average when the run kept
+    one), drawn from noise fixed by `seed`: samples.png (a grid) and samples.npz (x: uint8,
+    (N, C, H, W), in the training images' range)."""
+    from torchvision.utils import make_grid, save_image
+
+    _, gan = build_network(cfg, saved_preprocessing(run_dir, checkpoint))
+    state = checkpoint["state_dict"]
+    # the moving average of G's weights (model.ema > 0), else G itself: what training sampled
+    ema = any(k.startswith("g_ema.module.") for k in state)
+    prefix = "g_ema.module." if ema else "model.generator."
+    weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        gan.generator.load_state_dict(weights)
+    except RuntimeError as err:
+        raise UserError(
+            f"{ckpt} does not fit the generator its config builds ({str(err).splitlines()[0]}). "
+            f"Give a checkpoint written by nnlab train for this run."
+        ) from None
+    gan.generator.eval()  # batch norm by its running statistics
+    with torch.inference_mode():
+        noise = gan.noise(count, torch.Generator().manual_seed(seed))
+        unit = (gan.generator(noise).clamp(-1, 1) + 1) / 2  # the nets' [-1, 1] as [0, 1]
+    images = (unit * 255).round().to(torch.uint8)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with runs.written_whole(out_dir / SAMPLES_PNG) as partial:
+        # 8×8 digits are too small to see: the grid scales tiny images up to 32 pixels
+        tiles = torch.nn.functional.interpolate(unit, scale_factor=max(1, 32 // unit.shape[-1]))
+        save_image(make_grid(tiles, nrow=8, padding=2, pad_value=0.5), partial, format="png")
+    with runs.written_whole(out_dir / SAMPLES_NPZ) as partial:
+        with open(partial, "wb") as f:
+            np.savez(f, x=images.numpy())
+    return Samples(out_dir / SAMPLES_PNG, out_dir / SAMPLES_NPZ, count)

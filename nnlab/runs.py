@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,8 @@ TB = "tb"
 PREPROCESSING = "preprocessing.json"  # what the data learned from its training split
 SKIPPED = "skipped.txt"  # data.skip_bad=true: the unreadable files left out, one per line
 SAMPLES = "samples.png"  # GAN runs: a grid of generated images
+METRICS_CSV = "metrics.csv"  # one row per epoch: step, time, lr, train/val metrics
+PLOTS = "plots"  # PNG figures drawn as a run ends (nnlab/plots.py)
 LOCK = ".lock"  # held by the process that writes the run: "<host> <pid>"
 
 
@@ -54,7 +57,7 @@ def create_run_dir(root: Path, name: str) -> Path:
     their own directory.
     """
     root.mkdir(parents=True, exist_ok=True)
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "run"
+    safe = safe_name(name)
     base = f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{safe}"
     for n in range(10_000):
         candidate = root / (base if n == 0 else f"{base}-{n}")
@@ -77,7 +80,8 @@ def list_runs(output_dir: str | Path, root: Path | None = None) -> list[Path]:
 
 
 def resolve_target(target: str, output_dir: str | Path) -> tuple[Path | None, Path]:
-    """(run directory or None, checkpoint) for 'latest', a run directory/name, or a .ckpt file."""
+    """(run directory or None, checkpoint) for 'latest', a run directory, a run's name (the
+    newest run of that name), the short id `nnlab runs` shows, or a .ckpt file."""
     if target == "latest":
         runs = list_runs(output_dir)
         if not runs:
@@ -94,13 +98,75 @@ def resolve_target(target: str, output_dir: str | Path) -> tuple[Path | None, Pa
         return (run if (run / CONFIG).exists() else None), path
     if path.is_dir() and (path / CONFIG).exists():
         return path, checkpoint_of(path)
-    names = [d.name for d in list_runs(output_dir)]
-    recent = ", ".join(names[-5:]) if names else "none yet"
+    runs = list_runs(output_dir)
+    named = newest_named(target, runs)
+    if named is not None:
+        return named, checkpoint_of(named)
+    names = sorted({n for run in runs for n in names_of(run)} - {""})
+    close = difflib.get_close_matches(Path(target).name, names, n=3, cutoff=0.5)
+    recent = ", ".join(d.name for d in runs[-5:]) if runs else "none yet"
+    hint = f" Closest run names: {', '.join(close)}." if close else f" Recent runs: {recent}."
     raise UserError(
-        f"'{target}' is not a run directory or checkpoint file. Give a run directory "
-        f"(outputs/runs/<run>), a run name, a .ckpt file, or 'latest'. Recent runs: {recent}."
-        + did_you_mean(path.name, names)
+        f"'{target}' is not a run directory, run name or checkpoint file. Give a run directory "
+        f"(outputs/runs/<run>), a run's name (name=..., the newest run of that name), a .ckpt "
+        f"file, or 'latest'; `nnlab runs` lists them.{hint}"
     )
+
+
+# <date>_<time>_<name>[-N]: what create_run_dir makes
+RUN_DIR_NAME = re.compile(r"^(\d{4}-\d\d-\d\d)_(\d\d-\d\d-\d\d)_(.+)$")
+
+
+def _collision(run: Path) -> str:
+    """The '-N' create_run_dir added because another run took the name in the same second, or
+    ''. Told from a name that ends in -N by the first run's directory beside it."""
+    found = re.search(r"-\d+$", run.name)
+    if found and run.with_name(run.name[: found.start()]).is_dir():
+        return found.group(0)
+    return ""
+
+
+def short_id(run: Path) -> str:
+    """The time the run started, HH-MM-SS[-N]: what `nnlab runs` shows for a run without a
+    name; the whole directory name for one nnlab did not name."""
+    parts = RUN_DIR_NAME.match(run.name)
+    return parts.group(2) + _collision(run) if parts else run.name
+
+
+def names_of(run: Path) -> set[str]:
+    """Every name a run answers to: its directory's name after the timestamp (with and without
+    a collision's -N), which is its name= as a directory name holds it, and its short id. A
+    directory nnlab did not name answers to its own name and its config's name=."""
+    parts = RUN_DIR_NAME.match(run.name)
+    if not parts:
+        return {run.name, _config_name(run) or ""}
+    suffix = parts.group(3)
+    collision = _collision(run)
+    return {suffix, suffix[: len(suffix) - len(collision)], short_id(run)}
+
+
+def newest_named(target: str, runs: list[Path]) -> Path | None:
+    """The newest of `runs` whose name= is `target`, whose directory ends in it, or whose short
+    id it is; None when none is."""
+    safe = safe_name(target)
+    for run in reversed(runs):
+        names = names_of(run)
+        if target in names or safe in names:
+            return run
+    return None
+
+
+def safe_name(name: str) -> str:
+    """A run name as create_run_dir writes it into a directory name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "run"
+
+
+def _config_name(run: Path) -> str | None:
+    try:
+        name = read_config(run).get("name")
+    except DamagedRun:
+        return None
+    return str(name) if name else None
 
 
 def checkpoint_of(run: Path) -> Path:
@@ -215,12 +281,12 @@ def lower_is_better(metric: str) -> bool:
     return any(word in metric for word in ("loss", "mse", "mae", "err", "time"))
 
 
-def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} → {"a.b": 1}."""
     flat: dict[str, Any] = {}
     for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -229,12 +295,14 @@ def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def summary(run: Path) -> dict[str, Any]:
     """What `nnlab runs` shows about one run: its metrics.json plus name, date and settings.
     A damaged run is listed as such, with the file and the reason, and never stops the list."""
-    head = {"run": run.name, "date": run.name[:19].replace("_", " ")}
+    head = {"run": run.name, "date": run.name[:19].replace("_", " "), "id": short_id(run)}
     try:
         config, metrics = read_config(run), read_metrics(run)
     except DamagedRun as err:
         return {**head, "status": f"damaged: {err.path.name}: {err.reason}", "settings": {}}
-    settings = _flatten(config)
+    if config.get("name"):
+        head["name"] = str(config["name"])  # the user's name=, shown before any short id
+    settings = flatten(config)
     choices = metrics.get("choices")
     settings.update(choices if isinstance(choices, dict) else {})  # model=cnn: the group choice
     status = str(metrics.get("status", "unknown"))
@@ -321,6 +389,24 @@ def select(
         has = [s for s in chosen if isinstance(s.get(sort), (int, float))]
         chosen = sorted(has, key=lambda s: sign * s[sort]) + [s for s in chosen if s not in has]
     return chosen
+
+
+def group_keys(spec: str, summaries: list[dict[str, Any]]) -> list[str]:
+    """The keys of `--group-by KEY[,KEY]`: group choices or dotted config keys the runs have."""
+    keys = [key.strip() for key in spec.split(",") if key.strip()]
+    if not keys:
+        raise UserError(
+            f"Bad --group-by '{spec}': give one or more comma-separated keys, for example "
+            f"--group-by optimizer or --group-by model,norm."
+        )
+    known = {k for s in summaries for k in s["settings"]}
+    for key in keys:
+        if summaries and key not in known:
+            raise UserError(
+                f"Unknown --group-by key '{key}': give a config group (model, optimizer, norm, "
+                f"...) or a config key (optimizer.lr, seed)." + did_you_mean(key, sorted(known))
+            )
+    return keys
 
 
 class RunRecord:

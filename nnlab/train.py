@@ -23,7 +23,9 @@ from nnlab.callbacks.grad_flow import GradientFlow
 from nnlab.callbacks.stop_signals import StopSignals
 from nnlab.data.base import TensorDataModule
 from nnlab.errors import RunInterrupted, TrainingError, UserError, storage_failure
+from nnlab.logger import TensorBoard
 from nnlab.models.layers import count_parameters
+from nnlab.plots import save_run_plots
 from nnlab.tasks import gan as gan_task
 from nnlab.tasks.supervised import SupervisedTask
 from nnlab.trainer import make_trainer, plain_cuda_probe, quiet_lightning, versions
@@ -84,6 +86,7 @@ def train(
             opening["resumed_from"] = str(run_dir / runs.CHECKPOINTS / runs.LAST)
         record.begin(opening)
         with _session(record, trainer, stop):
+            _open_board(trainer, record)
             _fit(trainer, task, datamodule, record, flow)
             if not trainer.interrupted:
                 _score(cfg, trainer, task, datamodule, record)
@@ -94,6 +97,8 @@ def train(
             return Result(run_dir, record.summary)
         record.end("finished")
         _log_final_metrics(trainer, record)
+        if record.lead:  # after the run is recorded: a figure never slows or fails it
+            save_run_plots(run_dir, trainer)
         return Result(run_dir, record.summary)
 
 
@@ -185,6 +190,8 @@ def _session(record: runs.RunRecord, trainer: pl.Trainer, stop: StopSignals) -> 
         # and the error that stopped the run is the one reported.
         with contextlib.suppress(OSError):
             record.save()
+            if record.summary["status"] == "failed":
+                _close_board(trainer, record, "failed")
         if record.lead:
             os.environ.pop(RUN_DIR_ENV, None)
         # Lightning ignores further Ctrl-C while it shuts down and never restores the handler.
@@ -263,20 +270,40 @@ def _score(
     if val:  # none with trainer.limit_val_batches=0
         record.summary.update(prefixed(val[0], "val/"))
     record.summary.update(prefixed(test[0], "test/"))
+    if getattr(task, "test_samples", None):  # an accuracy's interval needs the test set's size
+        record.summary["test_samples"] = task.test_samples
     if record.lead:
         save_samples(task, run_dir)
 
 
+def _open_board(trainer: pl.Trainer, record: runs.RunRecord) -> None:
+    """A new run's config and HParams session in TensorBoard (a resumed run has them)."""
+    if isinstance(trainer.logger, TensorBoard) and record.lead and not record.resumed:
+        root = Path(record.config["output_dir"])
+        choices = record.summary["choices"]
+        trainer.logger.open_session(root, record.config, choices, record.overrides)
+
+
+def _close_board(
+    trainer: pl.Trainer,
+    record: runs.RunRecord,
+    status: str,
+    metrics: dict[str, float] | None = None,
+) -> None:
+    """The run's HParams session ends with its status (and final metrics, when it finished)."""
+    if isinstance(trainer.logger, TensorBoard) and record.lead and record.started:
+        root = Path(record.config["output_dir"])
+        trainer.logger.close_session(root, status, metrics or {})
+
+
 def _log_final_metrics(trainer: pl.Trainer, record: runs.RunRecord) -> None:
-    if not (trainer.logger and record.lead):
-        return
-    # Lightning writes these metrics as scalars at step 0: under their own tags, so they do not
-    # add a stray point to the start of every training curve.
-    metrics = {f"final/{k}": v for k, v in record.summary.items() if "/" in k}
-    # Lightning wrote an empty hparams.yaml at fit start and never rewrites an existing one.
-    (record.run_dir / runs.TB / "hparams.yaml").unlink(missing_ok=True)
-    trainer.logger.log_hyperparams(record.config, metrics=metrics)
-    trainer.logger.finalize("success")
+    """The final metrics go to the HParams session (not to charts of their own)."""
+    metrics = {
+        k: float(v) for k, v in record.summary.items() if "/" in k and isinstance(v, int | float)
+    }
+    _close_board(trainer, record, "finished", metrics)
+    if trainer.logger and record.lead:
+        trainer.logger.finalize("success")
 
 
 def _score_training_split(

@@ -105,6 +105,7 @@ def make_trainer(
     args = _trainer_args(cfg, task)
     callbacks = [*_checkpoint_callbacks(cfg, run_dir, task), *extra_callbacks]
     callbacks += progress_bar(cfg, task)
+    callbacks += result_files(run_dir, task)
     logger: Any = False
     if cfg.logger.kind == "tensorboard":
         logger = TensorBoard(
@@ -120,6 +121,16 @@ def make_trainer(
     if logger:
         logger.steps = lambda: trainer.global_step
     return trainer
+
+
+def result_files(run_dir: Path, task: pl.LightningModule) -> list[pl.Callback]:
+    """metrics.csv, and a GAN's samples through training for plots/ (nnlab/plots.py)."""
+    from nnlab.callbacks.metrics_csv import MetricsCsv
+    from nnlab.callbacks.sample_strip import SampleStrip
+    from nnlab.tasks.gan import GanTask
+
+    gan = isinstance(task, GanTask)
+    return [MetricsCsv(run_dir / runs.METRICS_CSV), *([SampleStrip()] if gan else [])]
 
 
 def plain_trainer(**args: Any) -> pl.Trainer:

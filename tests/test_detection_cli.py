@@ -328,6 +328,36 @@ def test_train_and_predict_on_a_coco_dataset(nnlab, workdir):
     assert Image.open(drawn).size == (56, 48)
     found = json.loads((run / "predictions" / "detections.json").read_text())["images"]
     assert {d["class"] for d in found["coco/images/img1.jpg"]} <= {"red", "blue"}
+    _coco_results_score_as_eval_does(nnlab, workdir, run)
+
+
+def _coco_results_score_as_eval_does(nnlab, workdir, run) -> None:
+    """coco_results.json carries the annotations' own image and category ids, so pycocotools
+    scores the test images' predictions exactly as nnlab eval scores the test split."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from nnlab.data.coco import CocoDataModule
+
+    assert nnlab("eval", str(run)).exit_code == 0
+    scored = json.loads((run / "eval.json").read_text())
+    carved = CocoDataModule(str(workdir / "coco"), in_memory=False)
+    carved.setup()
+    tests = [str(path) for path, _ in carved.records["test"]]
+    predicted = nnlab("predict", str(run), *tests, "--min-score", "0")
+    assert predicted.exit_code == 0, predicted.output
+    results = json.loads((run / "predictions" / "coco_results.json").read_text())
+    assert {r["category_id"] for r in results} <= {3, 7}, "the annotations' ids, not labels"
+    truth = COCO(str(workdir / "coco" / "annotations.json"))
+    ids = [100 + int(Path(t).stem.removeprefix("img")) for t in tests]
+    assert {r["image_id"] for r in results} <= set(ids)
+    evaluation = COCOeval(truth, truth.loadRes(results) if results else COCO(), "bbox")
+    evaluation.params.imgIds = ids
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    assert evaluation.stats[0] == pytest.approx(scored["test/map"], abs=1e-6)
+    assert evaluation.stats[1] == pytest.approx(scored["test/map_50"], abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -354,3 +384,46 @@ def test_default_detector_reaches_the_quality_bar_on_shapes(nnlab, workdir):
     assert metrics["fit_time_s"] <= 600, "at most 10 minutes of CPU training"
     assert metrics["test/map_50"] >= 0.95, metrics
     assert metrics["test/map"] >= 0.70, metrics
+
+
+def test_coco_results_of_good_detections_score_as_nnlabs_metric(workdir):
+    """Non-trivial detections (each image's true boxes, shifted a little, plus a false alarm):
+    pycocotools on coco_results.json and nnlab's torchmetrics mAP on the same boxes agree."""
+    from omegaconf import OmegaConf
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    from torchmetrics.detection import MeanAveragePrecision
+
+    from nnlab.predict import _write_coco_results
+    from nnlab.tasks.detection import metric_targets
+
+    write_coco(workdir / "coco", n=12)
+    data = CocoDataModule(str(workdir / "coco"), in_memory=False)
+    data.setup()
+    detected, predictions, targets = {}, [], []
+    for k, (path, target) in enumerate(data.records["train"]):
+        boxes = torch.cat([target["boxes"] + k % 3, torch.tensor([[30.0, 30, 40, 40]])])
+        labels = torch.cat([target["labels"], torch.tensor([1])])
+        # distinct scores, as a detector's are: ties are ordered by image id, which differ
+        scores = torch.linspace(0.9, 0.5, len(labels)) - 0.01 * k
+        predictions.append({"boxes": boxes, "labels": labels, "scores": scores})
+        targets.append(target)
+        detected[str(path)] = [
+            {"label": int(label), "score": float(score), "box": box.tolist()}
+            for box, label, score in zip(boxes, labels, scores, strict=True)
+        ]
+    coco = {"_target_": "nnlab.data.coco.CocoDataModule", "root": "coco"}
+    cfg = OmegaConf.create({"data": coco})
+    assert _write_coco_results(cfg, detected, workdir / "r.json") == (len(detected), 0)
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox")
+    metric.update(predictions, metric_targets(targets))
+    ours = metric.compute()
+    truth = COCO(str(workdir / "coco" / "annotations.json"))
+    evaluation = COCOeval(truth, truth.loadRes(str(workdir / "r.json")), "bbox")
+    evaluation.params.imgIds = [100 + int(Path(p).stem[3:]) for p in detected]
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    assert 0.2 < evaluation.stats[0] < 1.0  # neither trivial nor perfect
+    assert evaluation.stats[0] == pytest.approx(float(ours["map"]), abs=1e-6)
+    assert evaluation.stats[1] == pytest.approx(float(ours["map_50"]), abs=1e-6)

@@ -50,3 +50,12 @@ def test_eval_override_changes_the_rebuilt_config(nnlab, workdir):
     evaluated = json.loads((run / "eval.json").read_text())
     assert evaluated["overrides"] == ["data.batch_size=7"]
     assert abs(evaluated["test/acc"] - metrics_of(run)["test/acc"]) < 1e-6
+
+
+def test_eval_reports_the_test_accuracys_interval(nnlab, workdir):
+    assert nnlab("train", *QUICK).exit_code == 0
+    result = nnlab("eval", "latest")
+    assert result.exit_code == 0, result.output
+    scored = json.loads((only_run(workdir) / "eval.json").read_text())
+    assert scored["test_samples"] == 270  # 15% of the 1,797 digits
+    assert "test/acc 95% CI" in result.output and "(270 samples)" in result.output

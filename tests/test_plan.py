@@ -36,15 +36,24 @@ def test_without_multirun_a_comma_list_is_not_expanded():
         plan_runs(["optimizer=sgd,adam"])
 
 
-def test_experiment_makes_one_run_per_label_with_the_users_overrides_last():
+def test_experiment_makes_one_run_per_label_and_seed():
     plan = plan_runs(["experiment=vanishing_gradients", "trainer.max_epochs=1"])
+    preset = experiments.load("vanishing_gradients")
+    assert len(preset.seeds) > 1
+    pairs = [(s.label, s.cfg.seed) for s in plan.runs]
+    assert sorted(pairs) == sorted((label, seed) for label in preset.runs for seed in preset.seeds)
+
+
+def test_experiment_makes_one_run_per_label_with_the_users_overrides_last():
+    given = ["trainer.max_epochs=1", "seed=1"]  # the user's seed replaces the preset's seeds
+    plan = plan_runs(["experiment=vanishing_gradients", *given])
     preset = experiments.load("vanishing_gradients")
     assert plan.experiment is not None and plan.experiment.name == "vanishing_gradients"
     assert [s.label for s in plan.runs] == list(preset.runs)
     for spec in plan.runs:
-        expected = experiments.run_overrides(preset, spec.label, ["trainer.max_epochs=1"])
+        expected = experiments.run_overrides(preset, spec.label, given)
         assert spec.overrides == expected
-        assert spec.given == ["trainer.max_epochs=1"]
+        assert spec.given == given
         assert spec.cfg.trainer.max_epochs == 1 and spec.cfg.model.depth == 10
     relu = next(s for s in plan.runs if s.label == "relu")
     assert relu.choices["activation"] == "relu"
@@ -52,12 +61,16 @@ def test_experiment_makes_one_run_per_label_with_the_users_overrides_last():
 
 
 def test_experiment_times_multirun():
-    plan = plan_runs(["experiment=vanishing_gradients", "optimizer=sgd,adam"], multirun=True)
+    args = ["experiment=vanishing_gradients", "optimizer=sgd,adam", "seed=1"]
+    plan = plan_runs(args, multirun=True)
     preset = experiments.load("vanishing_gradients")
     assert [(s.label, s.choices["optimizer"]) for s in plan.runs] == [
         (label, optimizer) for label in preset.runs for optimizer in ("sgd", "adam")
     ]
-    assert [s.given for s in plan.runs[:2]] == [["optimizer=sgd"], ["optimizer=adam"]]
+    assert [s.given for s in plan.runs[:2]] == [
+        ["optimizer=sgd", "seed=1"],
+        ["optimizer=adam", "seed=1"],
+    ]
 
 
 def test_from_sweep_puts_the_best_overrides_first(workdir: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from tests.datasets_on_disk import write_image_folder
 from tests.helpers import QUICK, assert_clear_error, only_run
@@ -110,3 +111,25 @@ def test_an_image_folder_run_predicts_image_files(nnlab, workdir):
     truth = [path.split("/")[-2] for path in found["input"]]
     assert (found["prediction"] == truth).mean() >= 0.5
     assert {"p_cat", "p_dog", "p_frog"} <= set(found.columns)
+
+
+def test_a_gan_run_draws_new_samples_fixed_by_the_seed(nnlab, workdir):
+    gan = ["model=gan", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "logger=none"]
+    assert nnlab("train", *gan, *QUICK[1:]).exit_code == 0
+    out = only_run(workdir) / "predictions"
+    drawn = []
+    for seed in ("3", "3", "4"):
+        result = nnlab("predict", "latest", "--samples", "10", "--seed", seed)
+        assert result.exit_code == 0, result.output
+        with np.load(out / "samples.npz") as found:
+            drawn.append(found["x"])
+    assert drawn[0].shape == (10, 1, 8, 8) and drawn[0].dtype == np.uint8
+    assert np.array_equal(drawn[0], drawn[1]), "the same seed draws the same images"
+    assert not np.array_equal(drawn[0], drawn[2])
+    with Image.open(out / "samples.png") as grid:
+        assert grid.size[0] >= 8 * 32  # eight tiles a row, each scaled up to 32 pixels
+
+
+def test_predict_without_inputs_says_what_to_give(nnlab, workdir):
+    assert nnlab("train", *QUICK).exit_code == 0
+    assert_clear_error(nnlab("predict", "latest"), ["Give the inputs to predict on"])

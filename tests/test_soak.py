@@ -69,7 +69,7 @@ def test_fifty_runs_in_one_process_leak_nothing(nnlab, workdir):
         metrics = metrics_of(run)
         assert metrics["status"] == "finished" and 0.0 <= metrics["test/acc"] <= 1.0, run
         assert any((run / "tb").glob("events.out.tfevents.*")), "the TensorBoard logger wrote"
-    listing = nnlab("runs", "--filter", "status=finished")
+    listing = nnlab("runs", "--wide", "--filter", "status=finished")
     assert listing.exit_code == 0, listing.output
     assert f"{RUNS + 1} of {RUNS + 1} runs" in listing.output
     table = " ".join(listing.output.split())

@@ -25,9 +25,12 @@ LAYERS = (
         "nnlab.predict",
         "nnlab.predictions",
         "nnlab.export",
+        "nnlab.compare",
     ),
     # reference: the GAN's judge, which build asks for and which trains a classifier of its own
-    ("nnlab.build", "nnlab.trainer", "nnlab.reference"),
+    # plots: the figures a run draws as it ends, from its task and callbacks (torch-free itself)
+    # hparams: TensorBoard's HParams experiment for a whole output directory (logger.py's)
+    ("nnlab.build", "nnlab.trainer", "nnlab.reference", "nnlab.plots", "nnlab.hparams"),
     ("nnlab.tasks",),
     ("nnlab.models", "nnlab.data", "nnlab.callbacks"),
     ("nnlab.models.layers", "nnlab.scratch"),

@@ -230,7 +230,7 @@ def test_a_damaged_run_breaks_only_itself(nnlab, run, workdir, damage):
         path.unlink()
     else:
         path.write_text(cut(path.read_text()))
-    listing = nnlab("runs")
+    listing = nnlab("runs", "--wide")
     assert listing.exit_code == 0, listing.output
     flat = " ".join(listing.output.split())
     assert healthy.name in flat and "finished" in flat

@@ -4,12 +4,13 @@ explode."""
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from nnlab.errors import Notice
 from nnlab.logger import write_scalars
@@ -26,6 +27,30 @@ VANISHING_ADVICE = (
 EXPLODING_ADVICE = (
     "clip gradients (trainer.gradient_clip_val=1.0), lower optimizer.lr, or add norm=batch"
 )
+
+
+# Layer kinds named as papers and torchvision's models name them: conv1, fc2, lstm1.
+KINDS = {"Conv": "conv", "ConvTranspose": "deconv", "Linear": "fc", "Embedding": "embed"}
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The model's weight matrices and kernels, input to output, named for their layer's kind
+    and place among layers of that kind (`conv1.weight`, `fc2.weight`, `lstm1.weight_hh_l0`):
+    Sequential models' own names are positions (`0.0.weight`, `10.weight`)."""
+    counts: dict[str, int] = {}
+    layers, seen = [], set()
+    for module in model.modules():
+        weights = [(n, p) for n, p in module.named_parameters(recurse=False) if p.dim() > 1]
+        weights = [(n, p) for n, p in weights if id(p) not in seen]  # a layer used twice
+        if not weights:
+            continue
+        kind = re.sub(r"\dd$", "", type(module).__name__)  # Conv2d, ConvTranspose1d
+        kind = KINDS.get(kind, kind.lower())
+        counts[kind] = counts.get(kind, 0) + 1
+        for name, param in weights:
+            seen.add(id(param))
+            layers.append((f"{kind}{counts[kind]}.{name}", param))
+    return layers
 
 
 class GradientFlow(pl.Callback):
@@ -51,11 +76,11 @@ class GradientFlow(pl.Callback):
         self._pending: list[tuple[int, Tensor, Tensor]] = []
         self.ratios: list[float] = []  # first/last layer gradient norm, per epoch
         self.summary: dict[str, float] = {}  # last epoch's mean gradient norm per layer
+        self.history: list[tuple[int, dict[str, float]]] = []  # (epoch, summary), for plots/
         self.warned: set[str] = set()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        model = getattr(pl_module, "model", pl_module)
-        self.layers = [(n, p) for n, p in model.named_parameters() if p.dim() > 1]
+        self.layers = weight_layers(getattr(pl_module, "model", pl_module))
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
@@ -80,6 +105,7 @@ class GradientFlow(pl.Callback):
         self._write(pl_module, steps, grads, ratios)
         mean = grads.mean(dim=0)
         self.summary = {name: float(mean[i]) for i, (name, _) in enumerate(self.layers)}
+        self.history.append((trainer.current_epoch + 1, self.summary))
         self.ratios.append(float(mean[0] / mean[-1].clamp_min(1e-30)))
         self._check(grads)
 

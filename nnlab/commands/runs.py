@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from nnlab.commands import OVERRIDES_HELP
-from nnlab.console import err, fmt, out, print_wide, user_errors
-from nnlab.errors import UserError
+from nnlab.console import err, out, user_errors
+from nnlab.errors import UserError, choice_error
 
-RUN_METRICS = (
-    "val/acc", "test/acc", "test/loss", "test/mae", "test/sample_score", "test/map_50",
-)  # fmt: skip
+if TYPE_CHECKING:
+    from nnlab.run_table import Table as RunsTable
 
 
 def runs_(
@@ -23,10 +24,24 @@ def runs_(
         None, "--filter", help="key=value, repeatable: model=cnn, optimizer.lr=0.01, status=failed"
     ),
     last: int | None = typer.Option(None, min=1, help="Only the N most recent runs."),
+    group_by: str | None = typer.Option(
+        None,
+        "--group-by",
+        help="KEY[,KEY]: one row per value (group choices or config keys: optimizer, "
+        "model,norm, optimizer.lr) with each metric's mean ± std over its runs, and n.",
+    ),
+    wide: bool = typer.Option(False, "--wide", help="Every column, whatever the terminal width."),
+    format_: str | None = typer.Option(
+        None, "--format", help="csv, json or markdown: every column, values in full, for scripts."
+    ),
     sweep: str | None = typer.Option(None, help="List the trials of this sweep instead."),
     output_dir: Path = typer.Option(Path("outputs"), help="Where runs live."),
 ) -> None:
-    """Table of runs: settings, key metrics, wall time and status (finished, failed, ...).
+    """Table of runs: name, status, settings, key metrics, wall time. Fits the terminal: the
+    columns that do not fit are named below it (--wide shows them all).
+
+    A test accuracy shows its 95% interval for the test set's size: 0.978±0.019 on 270 test
+    images means anything from 0.952 to 0.990 fits that result.
 
     Examples:
 
@@ -34,35 +49,64 @@ def runs_(
 
       nnlab runs --sort val/acc --filter model=cnn --last 20
 
-      nnlab runs --filter status=failed
+      nnlab runs --group-by optimizer              # mean ± std over each optimizer's runs
+
+      nnlab runs --filter status=failed --wide
+
+      nnlab runs --format csv > runs.csv
 
       nnlab runs --sweep mlp_digits --sort val/acc
     """
-    from nnlab import runs
+    from nnlab import run_table, runs
 
     with user_errors():
+        if format_ is not None and format_ not in run_table.FORMATS:
+            raise choice_error("--format", format_, run_table.FORMATS)
         root = output_dir / "sweeps" / sweep / "trials" if sweep else runs.runs_root(output_dir)
         found = [runs.summary(run) for run in runs.list_runs(output_dir, root)]
         chosen = runs.select(found, filter_ or [], sort, last)
+        keys = runs.group_keys(group_by, found) if group_by is not None else []
+    if format_ is not None:
+        whole = (
+            run_table.group_records(chosen, keys, sort)
+            if keys
+            else [run_table.record(s) for s in chosen]
+        )
+        typer.echo(run_table.render(whole, format_), nl=False)
+        return
     if not found:
         out.print(f"No runs in {root} yet: `nnlab train` makes one.")
         return
-    metrics = [m for m in RUN_METRICS if any(m in s for s in chosen)]
-    if sort and sort not in metrics:
-        metrics.insert(0, sort)
-    table = Table(title=f"{len(chosen)} of {len(found)} runs", header_style="bold")
-    for column in ("run", "model", "data", "optimizer", "norm", *metrics, "wall s", "status"):
-        table.add_column(column, justify="right" if "/" in column or column == "wall s" else "left")
-    for s in chosen:
-        settings = s["settings"]
-        table.add_row(
-            s["run"],
-            *(str(settings.get(group, "")) for group in ("model", "data", "optimizer", "norm")),
-            *(fmt(s[m]) if m in s else "" for m in metrics),
-            f"{s['wall_time_s']:.1f}" if "wall_time_s" in s else "",
-            s["status"],
-        )
-    print_wide(table)
+    _print_runs(chosen, f"{len(chosen)} of {len(found)} runs", keys, sort, wide)
+
+
+def _print_runs(
+    chosen: list[dict[str, Any]], title: str, keys: list[str], sort: str | None, wide: bool
+) -> None:
+    """The runs (or their groups) in the terminal's width, or every column for --wide."""
+    from nnlab import run_table
+
+    # a fresh console: COLUMNS is read as it starts (piped output: 80 unless COLUMNS says)
+    console = Console(width=None if out.is_terminal else 200) if wide else Console()
+    if keys:
+        table = run_table.grouped_table(chosen, keys, sort, None if wide else console.width)
+    elif wide:
+        table = run_table.wide_table(chosen, title, sort)
+    else:
+        table = run_table.runs_table(chosen, title, sort, console.width)
+    _print_table(console, table)
+
+
+def _print_table(console: Console, table: RunsTable) -> None:
+    shown = Table(title=table.title, header_style="bold")
+    for header in table.headers:
+        right = "/" in header or header in ("wall s", "n")
+        shown.add_column(escape(header), justify="right" if right else "left", overflow="fold")
+    for row in table.rows:
+        shown.add_row(*(escape(cell) for cell in row))
+    console.print(shown)
+    for note in table.notes:
+        console.print(escape(note), highlight=False)
 
 
 def board(

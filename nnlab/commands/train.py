@@ -57,6 +57,8 @@ def train(
 
       nnlab train -m optimizer=sgd,adam norm=none,batch      # 4 runs
 
+      nnlab train -m seed=0,1,2 optimizer=sgd,adam           # mean ± std per optimizer
+
       nnlab train experiment=vanishing_gradients             # a lesson: conf/experiment/
 
       nnlab train --from-sweep mlp_digits trainer.max_epochs=30
@@ -123,6 +125,20 @@ def _train_all(plan: Plan, rank: int) -> list[Finished]:
     return results
 
 
+def _with_intervals(table: Table, m: dict[str, Any]) -> Table:
+    """The table, with a row for each test accuracy's 95% interval for the test set's size:
+    how precisely the test set measures this model."""
+    from nnlab import noise
+
+    for metric in noise.INTERVAL_METRICS:
+        bounds = noise.run_interval(m, metric)
+        if bounds:
+            samples = m[noise.INTERVAL_METRICS[metric]]
+            interval = f"{noise.fmt_interval(bounds)} ({samples} samples)"
+            table.add_row(f"{metric} 95% CI", escape(interval))
+    return table
+
+
 def _print_runs(results: list[Finished], multirun: bool) -> None:
     for result, spec in results:
         m = result.metrics
@@ -130,26 +146,69 @@ def _print_runs(results: list[Finished], multirun: bool) -> None:
         title = f"{spec.choices['model']} on {spec.choices['data']}: {m['status']}"
         if multirun:
             title += f" ({' '.join(spec.overrides)})"
-        out.print(results_table(title, m, [*keys, "wall_time_s"]))
+        out.print(_with_intervals(results_table(title, m, [*keys, "wall_time_s"]), m))
         out.print(f"Run directory: {result.run_dir}", highlight=False, soft_wrap=True)
+    if multirun and len(results) > 1:
+        _print_settings(results)
+
+
+def _grouped(results: list[Finished]) -> list[tuple[str, list[Finished]]]:
+    """The results by setting (the runs of one setting differ only by seed), each setting
+    named by its preset label and the overrides that tell it apart from the others."""
+    from nnlab import noise
+
+    groups = noise.grouped(results, lambda finished: finished[1].setting)
+    shared = set.intersection(*(set(key[1:]) for key in groups)) if groups else set()
+    return [
+        (" ".join([key[0], *(o for o in key[1:] if o not in shared)]).strip() or "(all)", group)
+        for key, group in groups.items()
+    ]
+
+
+def _metrics(groups: list[tuple[str, list[Finished]]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    return [(label, [result.metrics for result, _ in group]) for label, group in groups]
+
+
+def _print_settings(results: list[Finished]) -> None:
+    """One row per setting of a multirun, its runs over seeds together: mean ± std of the final
+    metrics, n, and a test accuracy's 95% interval for the test set's size."""
+    from nnlab import noise
+
+    rows = _metrics(_grouped(results))
+    metrics = [m for m in results[0][0].metrics if m.startswith(("val/", "test/"))]
+    table = Table(title="by setting (mean ± std over seeds)", header_style="bold")
+    for column in ["setting", "n", *metrics]:
+        table.add_column(column, justify="left" if column == "setting" else "right")
+    for label, runs in rows:
+        cells = (escape(noise.cell(runs, m)) for m in metrics)
+        table.add_row(escape(label), str(len(runs)), *cells)
+    print_wide(table)
+    every = [m for _, runs in rows for m in runs]
+    legend = noise.legend(every, metrics, any(len(runs) > 1 for _, runs in rows))
+    if legend:
+        out.print(legend, highlight=False, markup=False)
 
 
 def _print_experiment(experiment: Any, results: list[Finished], output_dir: str) -> None:
-    """One row per run of an experiment preset: its label and the preset's report columns."""
+    """One row per setting of an experiment preset (its runs over the preset's seeds together):
+    its label and the preset's report columns, mean ± std over the seeds."""
     from nnlab import experiments
 
+    groups = _grouped(results)
+    rows = _metrics(groups)
+    headers, cells, legend = experiments.report_table(experiment, rows)
+    # one run per setting: its directory; several: `nnlab runs` lists them
+    directories = all(len(group) == 1 for _, group in groups)
     table = Table(title=f"experiment {experiment.name}", header_style="bold")
-    for column in ["run", *experiment.report, "run directory"]:
+    for column in [*headers, *(["run directory"] if directories else [])]:
         table.add_column(column, justify="left" if column in ("run", "run directory") else "right")
-    # A run is named by its label plus the user's overrides that differ between runs (-m values)
-    shared = set.intersection(*(set(spec.given) for _, spec in results)) if results else set()
-    rows = []
-    for result, spec in results:
-        name = " ".join([spec.label, *(o for o in spec.given if o not in shared)])
-        rows.append((name, result.metrics))
-        values = [experiments.fmt(experiments.value(result.metrics, c)) for c in experiment.report]
-        table.add_row(name, *values, str(result.run_dir))
+    for row, (_, group) in zip(cells, groups, strict=True):
+        table.add_row(*map(escape, row), *([str(group[0][0].run_dir)] if directories else []))
     print_wide(table)
+    if legend:
+        out.print(legend, highlight=False, markup=False)
+    if not directories:
+        out.print(f"Each run: nnlab runs --filter tags={experiment.name}", highlight=False)
     if rows:
         path = experiments.write_markdown(experiment, rows, output_dir)
         out.print(f"Comparison table (Markdown): {path}", highlight=False, soft_wrap=True)
@@ -178,7 +237,8 @@ def eval_(
         show_warnings_plainly()
         result = evaluate(target, overrides or [], str(output_dir))
     keys = [*stage_keys(result.metrics, ("test/",)), "epoch", "params", "wall_time_s"]
-    out.print(results_table(f"eval {result.metrics['checkpoint']}", result.metrics, keys))
+    table = results_table(f"eval {result.metrics['checkpoint']}", result.metrics, keys)
+    out.print(_with_intervals(table, result.metrics))
     if result.run_dir is not None:
         _print_gradient_summary(result.run_dir)
     out.print(f"Run directory: {result.run_dir}", highlight=False, soft_wrap=True)

@@ -80,6 +80,24 @@ def _layout_error(what: str, problem: str) -> UserError:
     )
 
 
+def _load(annotations: Path, images: Path) -> tuple[dict[int, str], dict[int, str], list[Any]]:
+    """A COCO JSON's images (id → file name), categories (id → name) and annotations."""
+    if not annotations.is_file():
+        raise _layout_error(f"the annotations file {annotations}", "does not exist")
+    if not images.is_dir():
+        raise _layout_error(f"the images folder {images}", "does not exist")
+    try:
+        coco: dict[str, Any] = json.loads(annotations.read_text())
+        entries = {int(im["id"]): str(im["file_name"]) for im in coco["images"]}
+        names_by_id = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
+        found = coco.get("annotations", [])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise _layout_error(
+            f"the annotations file {annotations}", f"is not COCO-format JSON ({err!r})"
+        ) from None
+    return entries, names_by_id, found
+
+
 def read_coco(
     annotations: Path, images: Path, categories: list[int] | None = None
 ) -> tuple[list[Record], list[int], list[str]]:
@@ -90,19 +108,7 @@ def read_coco(
     detector); boxes without area are skipped with a notice: torchvision's detector needs
     positive widths and heights.
     """
-    if not annotations.is_file():
-        raise _layout_error(f"the annotations file {annotations}", "does not exist")
-    if not images.is_dir():
-        raise _layout_error(f"the images folder {images}", "does not exist")
-    try:
-        coco: dict[str, Any] = json.loads(annotations.read_text())
-        entries = {int(im["id"]): im["file_name"] for im in coco["images"]}
-        names_by_id = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
-        found = coco.get("annotations", [])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise _layout_error(
-            f"the annotations file {annotations}", f"is not COCO-format JSON ({err!r})"
-        ) from None
+    entries, names_by_id, found = _load(annotations, images)
     if categories is None:
         categories = sorted(names_by_id)
     if not categories:
@@ -244,6 +250,21 @@ class CocoDataModule(DetectionDataModule):
             self._carve(carve)
         if self._holds():
             self.cache = {split: self._decode(records) for split, records in self.records.items()}
+
+    def source_ids(self) -> tuple[dict[str, int], list[int]]:
+        """Without loading anything else: every annotated image's COCO id by its resolved path,
+        and the category ids in label order (label k is the k-th), as the annotation files say."""
+        root = Path(self.root).expanduser().resolve()
+        ids: dict[str, int] = {}
+        categories: list[int] = []
+        for split, (folder, ann) in self.files.items():
+            if ann is None:
+                continue
+            entries, names_by_id, _ = _load(root / str(ann), root / folder)
+            ids.update({str((root / folder / name).resolve()): i for i, name in entries.items()})
+            if split == "train":
+                categories = sorted(names_by_id)
+        return ids, categories
 
     def _holds(self) -> bool:
         """Whether to keep the decoded images: data.in_memory, or for auto whether their

@@ -55,6 +55,7 @@ class ClassificationTask(SupervisedTask):
         self.cost = cost
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.confusion: list[list[int]] | None = None  # the last test's counts, for plots/
 
     def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
         return self.cost(self.loss_kind, logits, y, self.num_classes)
@@ -67,6 +68,7 @@ class ClassificationTask(SupervisedTask):
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
+        self.confusion = self.test_confusion.compute().tolist()
         self._log_confusion_figure()
         self.test_confusion.reset()
 

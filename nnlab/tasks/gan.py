@@ -207,7 +207,8 @@ class GanTask(LeanModule):
     def _log_grid(self) -> None:
         experiment = getattr(self.logger, "experiment", None)
         if experiment is not None and hasattr(experiment, "add_image"):
-            experiment.add_image("samples", self._grid(), global_step=self.current_epoch)
+            # at the optimizer-step count, the axis of every scalar (two steps a batch: G and D)
+            experiment.add_image("samples", self._grid(), global_step=self.global_step)
 
     def save_grid(self, path: Path) -> None:
         """Write the fixed-noise sample grid as a PNG."""

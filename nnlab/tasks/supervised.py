@@ -10,13 +10,21 @@ import torch
 from torch import Tensor, nn
 
 from nnlab import compat
+from nnlab.logger import TensorBoard
 from nnlab.rng import restore_rng_states, save_rng_states
 from nnlab.tasks.optim import configure
 
 # Lightning sets its own (named in compat) around every hook call, the task these each epoch;
 # nn.Module's __setattr__ (parameter, buffer and submodule bookkeeping) costs more than the hook
 # itself on small data.
-_PLAIN_ATTRS = compat.LIGHTNING_PER_HOOK_ATTRS | {"_epoch_lr", "diverged_at", "config_stamp"}
+_PLAIN_ATTRS = compat.LIGHTNING_PER_HOOK_ATTRS | {
+    "_epoch_lr",
+    "diverged_at",
+    "config_stamp",
+    "_step_every",
+    "_step_losses",
+}
+STEP_LOSS = "train/loss_step"  # the training loss of single optimizer steps, every N of them
 
 
 # One Lightning step's data: TensorBatches yields a list of batches when asked to group them
@@ -57,6 +65,29 @@ class LeanModule(pl.LightningModule):
         else:
             super().__setattr__(name, value)
 
+    _step_every = 0  # trainer.log_every_n_steps, or 0: no TensorBoard, no step losses kept
+    _step_losses: list[tuple[int, Tensor]]  # (optimizer step, its loss), set each epoch
+
+    def _start_step_losses(self) -> None:
+        self._step_losses = []
+        logged = isinstance(self.logger, TensorBoard)
+        self._step_every = self.trainer.log_every_n_steps if logged else 0
+
+    def _keep_step_losses(self, losses: list[Tensor], last: int) -> None:
+        """Keeps, on the device, the losses of the optimizer steps that end at `last` and fall
+        on a multiple of log_every_n_steps: nothing per batch but this, once per Lightning step."""
+        every, first = self._step_every, last - len(losses) + 1
+        for step in range(-(-first // every) * every, last + 1, every):
+            self._step_losses.append((step, losses[step - first]))
+
+    def _write_step_losses(self) -> None:
+        """The epoch's sampled step losses to TensorBoard, in one host transfer."""
+        if self._step_every and self._step_losses:
+            steps = [step for step, _ in self._step_losses]
+            values = torch.stack([loss for _, loss in self._step_losses]).float().tolist()
+            self.logger.log_points(STEP_LOSS, zip(steps, values, strict=True))
+            self._step_losses = []
+
     def _note_epoch_lr(self) -> None:
         # Epoch-interval schedules step before on_train_epoch_end: note the lr this epoch used.
         self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
@@ -91,6 +122,7 @@ class SupervisedTask(LeanModule):
 
     score_name = "score"
     monitor: tuple[str, str] = ("val/loss", "min")  # the metric that picks best.ckpt, and mode
+    test_samples: int | None = None  # how many samples the last test scored
 
     def __init__(
         self,
@@ -171,6 +203,7 @@ class SupervisedTask(LeanModule):
             for schedule in self._schedules("epoch"):
                 schedule.step()
         self._note_epoch_lr()
+        self._start_step_losses()
 
     def training_step(self, batches: Batches, batch_idx: int) -> None:
         optimizer = self.optimizers()
@@ -187,6 +220,8 @@ class SupervisedTask(LeanModule):
             losses.append(loss.detach())
             outputs.append(output.detach())
         self._tally("train", group, losses, outputs)
+        if self._step_every:
+            self._keep_step_losses(losses, self.trainer.global_step)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # After the callbacks' hook, as in Lightning's automatic loop: gradient-flow records
@@ -200,6 +235,7 @@ class SupervisedTask(LeanModule):
     def on_train_epoch_end(self) -> None:
         metrics = self._epoch_metrics("train")
         self.log_dict({**metrics, "train/lr": self._epoch_lr})
+        self._write_step_losses()
         self._stop_if_diverged(metrics["train/loss"])
 
     def on_validation_epoch_start(self) -> None:
@@ -222,6 +258,8 @@ class SupervisedTask(LeanModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self._epoch_metrics("test"))
+        # an accuracy's 95% interval depends on how many samples it was measured on (noise.py)
+        self.test_samples = int(self._over_all_processes(self._sums["eval"])[2])
 
     def configure_optimizers(self) -> Any:
         trainer = self.trainer
