@@ -68,8 +68,10 @@ def chosen(overrides: Iterable[str], values: Mapping[str, Value]) -> set[str]:
 
 
 def session_label(run_dir: Path, root: Path) -> str:
-    """The run as HParams names it (its trial id): its name and start time ("mlp_digits
-    2026-12-01 00:06:13"), or a sweep's trial by sweep and trial ("lr/trial-003")."""
+    """The run as HParams names it (its trial id): the short id `nnlab runs` shows and other
+    commands take, its name, then its day ("00-06-13 mlp_digits 2026-12-01"), or a sweep's
+    trial by sweep and trial ("lr/trial-003"). TensorBoard shows about 16 characters of a
+    trial id: the start time and most of the name fit, the day only tells days apart."""
     try:
         parts = run_dir.resolve().relative_to(root.resolve()).parts
     except ValueError:  # a run kept outside the output directory
@@ -80,7 +82,7 @@ def session_label(run_dir: Path, root: Path) -> str:
     day, hours, minutes, seconds, name = found.groups()
     if len(parts) == 4 and parts[0] == "sweeps":  # sweeps/<sweep>/trials/<time>_trial-003
         return f"{parts[1]}/{name}"
-    return f"{name} {day} {hours}:{minutes}:{seconds}"
+    return f"{hours}-{minutes}-{seconds} {name} {day}"
 
 
 def config_text(config: Mapping[str, Any], overrides: Iterable[str]) -> str:

@@ -104,8 +104,8 @@ def test_hparams_lists_every_run_with_its_metrics_and_status(nnlab, workdir, boa
     server = board()
     server.wait_for(lambda: len(server.session_groups()) == 2)
     groups = server.session_groups()
-    (mlp,) = (g for name, g in groups.items() if name.startswith("mlp "))
-    (failed,) = (g for name, g in groups.items() if name.startswith("diverged "))
+    (mlp,) = (g for name, g in groups.items() if name.split()[1] == "mlp")
+    (failed,) = (g for name, g in groups.items() if name.split()[1] == "diverged")
     assert mlp["sessions"][0]["status"] == "STATUS_SUCCESS"
     assert failed["sessions"][0]["status"] == "STATUS_FAILURE"
     assert mlp["hparams"]["model"] == "mlp" and failed["hparams"]["optimizer.lr"] == 1e12
@@ -129,7 +129,7 @@ def test_hparams_lists_every_run_with_its_metrics_and_status(nnlab, workdir, boa
     metrics = metric_tags(experiment)
     assert {"test/acc", "test/sample_score", "train/loss_g", "val/acc"} <= set(metrics)
     assert metrics.index("test/sample_score") < metrics.index("val/acc"), "test first"
-    (gan,) = (g for name, g in server.session_groups().items() if name.startswith("gan_digits"))
+    (gan,) = (g for name, g in server.session_groups().items() if " gan_digits " in name)
     assert gan["hparams"]["model"] == "gan" and gan["sessions"][0]["status"] == "STATUS_SUCCESS"
     gan_metrics = metrics_of(run_of(workdir, "gan_digits"))
     score = metric_values(gan)["test/sample_score"]
@@ -219,8 +219,8 @@ def test_parallel_runs_each_add_their_keys(tmp_path):
 @pytest.mark.parametrize(
     ("run", "label"),
     [
-        ("runs/2026-12-01_00-06-13_mlp_digits", "mlp_digits 2026-12-01 00:06:13"),
-        ("runs/2026-12-01_00-06-13_mlp_digits-1", "mlp_digits-1 2026-12-01 00:06:13"),
+        ("runs/2026-12-01_00-06-13_mlp_digits", "00-06-13 mlp_digits 2026-12-01"),
+        ("runs/2026-12-01_00-06-13_mlp_digits-1", "00-06-13 mlp_digits-1 2026-12-01"),
         ("sweeps/lr/trials/2026-12-01_00-06-13_trial-003", "lr/trial-003"),
         ("elsewhere/odd", "elsewhere/odd"),
     ],
