@@ -31,6 +31,7 @@ RESUMABLE = (
     "trainer.limit_val_batches",
     "trainer.limit_test_batches",
     "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
     "callbacks.checkpoint_interval_s",
     "callbacks.early_stopping_patience",
     "callbacks.grad_flow",

@@ -331,6 +331,7 @@ class TrainerSchema:
     limit_test_batches: Any = spec(gt=0)
     steps_per_execution: int = spec(ge=1)
     enable_progress_bar: bool = spec()
+    log_every_n_steps: int = spec(ge=1)
 
 
 @dataclass

@@ -55,3 +55,15 @@ def test_one_event_holds_every_scalar_and_other_values_take_lightnings_path(tmp_
         tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
     } == {"train/loss": [(40, 0.25)], "val/acc": [(40, 0.5)]}, "no epoch chart: the axis is steps"
     assert sorted(p.name for p in (tmp_path / "tb").iterdir() if p.is_dir()) == ["pair_a", "pair_b"]
+
+
+def test_the_step_loss_is_logged_every_n_steps_as_configured(nnlab, workdir):
+    from tests.helpers import QUICK, only_run
+
+    # batches of 16: 79 optimizer steps an epoch, 158 in two
+    args = [*QUICK, "data.batch_size=16", "trainer.log_every_n_steps=20"]
+    assert nnlab("train", *args).exit_code == 0
+    events = EventAccumulator(str(only_run(workdir) / "tb"))
+    events.Reload()
+    steps = [event.step for event in events.Scalars("train/loss_step")]
+    assert steps == list(range(20, 158, 20))
