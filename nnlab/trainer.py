@@ -211,8 +211,10 @@ def _checkpoint_callbacks(
     return [
         *([] if unseen else [best]),
         # Every epoch's end, for resuming. Not save_last=True: Lightning then writes last.ckpt
-        # only in epochs that improve best.ckpt.
-        ModelCheckpoint(filename="last", **kept),
+        # only in epochs that improve best.ckpt. save_on_train_epoch_end: left to Lightning, it
+        # saves only at validation when trainer.check_val_every_n_epoch > 1 (a GAN's 10), so a
+        # finished run's last.ckpt could be epochs old and resuming would redo them.
+        ModelCheckpoint(filename="last", save_on_train_epoch_end=True, **kept),
         *([EarlyStopping(monitor=monitor, mode=mode, patience=patience)] if patience > 0 else []),
     ]
 

@@ -17,7 +17,7 @@ import yaml
 
 from nnlab.config import compose_config
 from nnlab.train import RunInterrupted, train
-from tests.helpers import all_runs, assert_clear_error, metrics_of
+from tests.helpers import all_runs, assert_clear_error, metrics_of, only_run
 
 # Four batches per Lightning step, so an epoch has five steps to be interrupted between.
 RUN = ["trainer.max_epochs=4", "trainer.enable_progress_bar=false", "trainer.steps_per_execution=4"]
@@ -247,3 +247,14 @@ def test_last_ckpt_is_the_last_epoch_even_when_best_stopped_improving(nnlab, wor
     # best.ckpt is for evaluating (weights and config), last.ckpt for resuming (everything).
     assert "optimizer_states" not in best and "nnlab_rng" not in best and "nnlab" in best
     assert "optimizer_states" in last and "nnlab_rng" in last and "nnlab" in last
+
+
+def test_last_checkpoint_is_the_last_epoch_when_validation_is_sparse(nnlab, workdir):
+    """Validating every 3rd epoch of 4: last.ckpt must still hold epoch 4, not epoch 3."""
+    from nnlab.restore import load_checkpoint
+
+    sparse = ["trainer.check_val_every_n_epoch=3", "callbacks.checkpoint_interval_s=0"]
+    result = nnlab("train", "trainer.max_epochs=4", "trainer.enable_progress_bar=false", *sparse)
+    assert result.exit_code == 0, result.output
+    last = load_checkpoint(only_run(workdir) / "checkpoints" / "last.ckpt")
+    assert last["epoch"] == 3  # Lightning's 0-based index of the fourth epoch
