@@ -24,6 +24,25 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        import nnlab
+
+        typer.echo(f"nnlab {nnlab.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_version, help="Print nnlab's version."
+    ),
+) -> None:
+    """The app's own options (the commands carry the rest)."""
+
+
 # Commands that take Hydra overrides: `model=cnn` and `-m`-style values are arguments to them.
 OVERRIDES = {"ignore_unknown_options": True}
 

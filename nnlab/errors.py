@@ -34,7 +34,7 @@ class RunInterrupted(KeyboardInterrupt):
     complete epoch and can be resumed. A KeyboardInterrupt, so whatever stops on Ctrl-C stops."""
 
     def __init__(self, run_dir: Path, epochs_done: int) -> None:
-        super().__init__(f"training interrupted after {epochs_done} complete epochs")
+        super().__init__(f"training interrupted after {epochs(epochs_done)}")
         self.run_dir = run_dir
         self.epochs_done = epochs_done
 
@@ -62,3 +62,8 @@ def storage_failure(err: BaseException) -> str | None:
         where = err.filename2 or err.filename
         return f"{err.strerror}: {where}" if where else str(err.strerror)
     return None
+
+
+def epochs(count: int) -> str:
+    """'1 complete epoch', '3 complete epochs'."""
+    return f"{count} complete epoch" + "s" * (count != 1)

@@ -21,6 +21,7 @@ from nnlab.tasks.supervised import LeanModule
 # different experiment on the same checkpoint, which Lightning would load and train regardless.
 RESUMABLE = (
     "trainer.max_epochs",
+    "trainer.max_time",
     "trainer.accelerator",
     "trainer.devices",
     "trainer.strategy",

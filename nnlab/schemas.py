@@ -316,6 +316,7 @@ class OneCycleSchema(SchedulerSchema):
 @dataclass
 class TrainerSchema:
     max_epochs: int = spec(ge=1)
+    max_time: Optional[str] = spec()  # noqa: UP045
     accelerator: str = spec()
     devices: Any = spec()
     strategy: str = spec()

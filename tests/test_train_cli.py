@@ -9,7 +9,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from nnlab.runs import create_run_dir
-from tests.helpers import QUICK, all_runs, metrics_of, only_run
+from tests.helpers import QUICK, all_runs, assert_clear_error, metrics_of, only_run
 
 
 def test_default_train_writes_a_complete_run(nnlab, workdir):
@@ -133,3 +133,27 @@ def test_crash_in_training_exits_1_and_keeps_the_run(nnlab, workdir, monkeypatch
     assert metrics_of(run)["status"] == "failed"
     assert "boom in step" in (run / "error.log").read_text()
     assert (run / "config.yaml").exists(), "what was written before the crash is kept"
+
+
+def test_max_time_stops_training_early_and_the_run_finishes(nnlab, workdir):
+    args = ["trainer.max_time=00:00:00:01", "trainer.max_epochs=100000", "logger=none"]
+    result = nnlab("train", *args, "trainer.enable_progress_bar=false")
+    assert result.exit_code == 0, result.output
+    metrics = metrics_of(only_run(workdir))
+    assert metrics["status"] == "finished" and 1 <= metrics["epochs"] < 100000
+    bad = nnlab("train", "trainer.max_time=2hours", "trainer.enable_progress_bar=false")
+    assert_clear_error(bad, ["2hours", "DD:HH:MM:SS"])
+
+
+def test_version_is_printed_without_loading_torch():
+    import subprocess
+    import sys
+
+    import nnlab
+
+    code = (
+        "import sys\nfrom nnlab.cli import app\ntry:\n    app(['--version'])\n"
+        "except SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    )
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert shown.stdout == f"nnlab {nnlab.__version__}\nFalse\n", shown

@@ -92,6 +92,7 @@ def _train_all(plan: Plan, rank: int) -> list[Finished]:
     """Train each run in turn. A failure ends the command unless several runs were asked for;
     an interrupt always does, with the command that resumes the run."""
     # looked up at call time, so a probe patched onto nnlab.train.train (benchmarks) is used
+    from nnlab.errors import epochs
     from nnlab.train import RunInterrupted, TrainingError
     from nnlab.train import train as run_training
 
@@ -117,7 +118,7 @@ def _train_all(plan: Plan, rank: int) -> list[Finished]:
             if rank:
                 raise typer.Exit(130) from None  # the first process says how to resume
             stop(
-                f"[bold yellow]Interrupted[/] after {e.epochs_done} complete epochs. "
+                f"[bold yellow]Interrupted[/] after {epochs(e.epochs_done)}. "
                 f"{e.run_dir}/checkpoints/last.ckpt keeps the last one; continue with: "
                 f"nnlab train --resume {e.run_dir}",
                 130,
