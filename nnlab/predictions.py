@@ -15,6 +15,7 @@ from nnlab import runs
 from nnlab.build import build, build_network
 from nnlab.errors import UserError
 from nnlab.restore import load_weights, saved_preprocessing
+from nnlab.tasks.gan import sample_grid, to_unit
 from nnlab.tasks.supervised import SupervisedTask
 
 PREDICTIONS_CSV = "predictions.csv"
@@ -102,7 +103,7 @@ def generate_samples(
     """`count` new images from a GAN run's generator (its moving average when the run kept
     one), drawn from noise fixed by `seed`: samples.png (a grid) and samples.npz (x: uint8,
     (N, C, H, W), in the training images' range)."""
-    from torchvision.utils import make_grid, save_image
+    from torchvision.utils import save_image
 
     _, gan = build_network(cfg, saved_preprocessing(run_dir, checkpoint))
     state = checkpoint["state_dict"]
@@ -120,13 +121,11 @@ def generate_samples(
     gan.generator.eval()  # batch norm by its running statistics
     with torch.inference_mode():
         noise = gan.noise(count, torch.Generator().manual_seed(seed))
-        unit = (gan.generator(noise).clamp(-1, 1) + 1) / 2  # the nets' [-1, 1] as [0, 1]
+        unit = to_unit(gan.generator(noise))
     images = (unit * 255).round().to(torch.uint8)
     out_dir.mkdir(parents=True, exist_ok=True)
     with runs.written_whole(out_dir / SAMPLES_PNG) as partial:
-        # 8×8 digits are too small to see: the grid scales tiny images up to 32 pixels
-        tiles = torch.nn.functional.interpolate(unit, scale_factor=max(1, 32 // unit.shape[-1]))
-        save_image(make_grid(tiles, nrow=8, padding=2, pad_value=0.5), partial, format="png")
+        save_image(sample_grid(unit), partial, format="png")
     with runs.written_whole(out_dir / SAMPLES_NPZ) as partial:
         with open(partial, "wb") as f:
             np.savez(f, x=images.numpy())

@@ -31,6 +31,21 @@ class Scores(Protocol):
 Judge = Callable[[Tensor], Scores]
 
 
+def to_unit(images: Tensor) -> Tensor:
+    """The nets' [-1, 1] images as [0, 1] pixels."""
+    return (images.clamp(-1, 1) + 1) / 2
+
+
+def sample_grid(unit: Tensor) -> Tensor:
+    """[0, 1] images as one grid, eight a row: the training grid's and nnlab predict's."""
+    from torchvision.utils import make_grid
+
+    # 8×8 digits are too small to see: scale tiny images up to at least 32 pixels.
+    scale = max(1, 32 // unit.shape[-1])
+    tiles = F.interpolate(unit, scale_factor=scale, mode="nearest")
+    return make_grid(tiles.cpu(), nrow=8, padding=2, pad_value=0.5)
+
+
 class GanTask(LeanModule):
     """Trains G and D in turn on every batch (manual optimization).
 
@@ -196,13 +211,7 @@ class GanTask(LeanModule):
         self._log_eval("test", seed=2)  # noise the validation never saw
 
     def _grid(self) -> Tensor:
-        from torchvision.utils import make_grid
-
-        images = (self._sample(self.grid_noise).clamp(-1, 1) + 1) / 2
-        # 8×8 digits are too small to see: scale tiny images up to at least 32 pixels.
-        scale = max(1, 32 // images.shape[-1])
-        images = F.interpolate(images, scale_factor=scale, mode="nearest")
-        return make_grid(images.cpu(), nrow=8, padding=2, pad_value=0.5)
+        return sample_grid(to_unit(self._sample(self.grid_noise)))
 
     def _log_grid(self) -> None:
         experiment = getattr(self.logger, "experiment", None)
