@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab.choices import GAN_TASK_OPTIONS, RUN_OPTIONS
-from nnlab.errors import UserError
+from nnlab.errors import UserError, did_you_mean
 from nnlab.models.cnn import BUILDER as CNN
 from nnlab.models.detection import BUILDER as DETECTOR
 from nnlab.models.gan import GAN
@@ -87,6 +87,21 @@ def build(
     if isinstance(model, GAN):
         return datamodule, _gan_task(cfg, datamodule, model, optimizer, schedule, options)
     return datamodule, _supervised_task(cfg, datamodule, model, optimizer, schedule)
+
+
+def check_monitor(cfg: DictConfig, task: pl.LightningModule) -> None:
+    """callbacks.monitor must be a metric this task records: Lightning would only say so at the
+    end of the first epoch, after a full epoch of training."""
+    monitor = cfg.callbacks.get("monitor")
+    if monitor and hasattr(task, "metric_names"):
+        names = task.metric_names()
+        if monitor not in names:
+            raise UserError(
+                f"callbacks.monitor={monitor} is not a metric this run records. "
+                f"{type(task).__name__} records: {', '.join(names)}."
+                + f" callbacks.monitor=null picks the task's own, {task.monitor[0]}."
+                + did_you_mean(monitor, names)
+            )
 
 
 def build_network(

@@ -20,7 +20,9 @@ app = typer.Typer(
     "  nnlab runs --sort val/acc                    # compare runs\n\n"
     "  nnlab config --list                          # every config group and choice",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion; the overrides and run arguments complete
+    # through nnlab.completion, which reads conf/ and outputs/ and never imports torch
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )

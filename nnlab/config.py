@@ -7,24 +7,33 @@ import math
 import re
 import shlex
 import warnings
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from nnlab.errors import Notice, UserError, choice_error, did_you_mean
+from nnlab.errors import Notice, UserError, choice_error
 from nnlab.paths import expand_override, expand_path, expand_saved_paths, path_keys
 from nnlab.presets import PRIMARY, conf_dir, default_choices, groups, known_targets, preset_node
-from nnlab.schemas import SCHEMAS, TrainSchema, missing_sections
+from nnlab.schemas import SCHEMAS, TrainSchema, missing_sections, split_error
+from nnlab.suggest import (
+    HYDRA_KEYS,
+    Config,
+    canonical_choice,
+    choice_keys,
+    find_option,
+    flat_keys,
+    option_error,
+    unknown_key,
+)
+
+SAVED = " for this run's config"  # follows an unknown key given for a saved run
 
 
 class FilledFromDefaults(Notice):
     """A saved config lacked keys that today's defaults filled: said, never silent."""
-
-
-# Keys Hydra reads to build objects: a group choice sets them, and a wrong one fails deep inside
-# instantiate, so overriding them is refused up front.
-HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
 
 def _split(override: str) -> tuple[str, str]:
@@ -47,42 +56,77 @@ def _split(override: str) -> tuple[str, str]:
     return key, value
 
 
+def canonical(overrides: list[str]) -> list[str]:
+    """`overrides` with every group choice under its real name: model=CNN → model=cnn (case
+    and '-' for '_' do not matter; a,b lists too), so runs are named and saved as conf/ is."""
+    known = groups()
+    named = []
+    for override in overrides:
+        key, eq, value = override.partition("=")
+        if eq and key in known:
+            real = [canonical_choice(key, v) for v in value.split(",")]
+            if all(real):
+                override = f"{key}={','.join(map(str, real))}"
+        named.append(override)
+    return named
+
+
+def refuse_options(arguments: list[str]) -> None:
+    """Refuse `--epochs 5` among overrides (Typer hands unknown options to the command as
+    arguments) with the key=value to give instead: trainer.max_epochs=5."""
+    option = find_option(arguments)
+    if option is None:
+        return
+    chosen = [a for a in canonical(arguments) if _is_choice(a)]
+    raise option_error(*option, _config_of(chosen))
+
+
+def _is_choice(override: str) -> bool:
+    key, _, value = override.partition("=")
+    return value in groups().get(key, []) and key in default_choices()
+
+
+def _config_of(group_overrides: list[str]) -> Config:
+    """What the config made with these group choices offers, for a suggestion."""
+    given = dict(o.partition("=")[::2] for o in group_overrides if _is_choice(o))
+    return Config.of_choices(given)
+
+
 def _check_groups(overrides: list[str]) -> tuple[list[str], list[str]]:
     """Unknown groups, choices and top-level keys, reported before Hydra's own (less helpful)
-    errors. Returns the group overrides and the dotted keys still to check."""
+    errors. Returns the group overrides and the dotted overrides still to check."""
     known_groups = groups()
-    group_overrides, dotted = [], []
+    group_overrides, dotted, unknown = [], [], []
     for override in overrides:
         key, value = _split(override)
         if key.startswith(("+", "~")):
             continue
         if "." in key:
-            dotted.append(key)
+            dotted.append(override)
         elif key in known_groups:
             if value not in known_groups[key]:
                 raise choice_error(f"{key} choice", value, known_groups[key])
             group_overrides.append(override)
         elif key not in _top_level_keys():
-            raise choice_error("config key", key, [*known_groups, *_top_level_keys()])
+            unknown.append((key, value))
+    if unknown:  # said in the light of the groups chosen: lr=0.1 → optimizer.lr
+        raise unknown_key(*unknown[0], _config_of(group_overrides))
     return group_overrides, dotted
 
 
-def _check_keys(cfg: DictConfig, dotted: list[str]) -> None:
-    """Every dotted override key names a key that exists in `cfg`."""
-    for key in dotted:
+def _check_keys(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> None:
+    """Every override (dotted or not) names a key that exists in `cfg`, composed from
+    `choices`."""
+    for override in overrides:
+        key, value = _split(override)
         node: Any = cfg
         parts = key.split(".")
         for depth, part in enumerate(parts):
             # keys() also holds mandatory (???) keys, which `in` alone reports as absent.
             if not isinstance(node, DictConfig) or part not in node.keys():
-                where = ".".join(parts[:depth]) or "the config"
-                options = list(node.keys()) if isinstance(node, DictConfig) else []
-                hint = f" Keys in {where}: {', '.join(map(str, options))}." if options else ""
-                raise UserError(
-                    f"Unknown key '{key}': '{part}' is not in {where}.{hint}"
-                    + did_you_mean(part, map(str, options))
-                )
-            if depth < len(parts) - 1:
+                config = Config.of(OmegaConf.to_container(cfg, resolve=False), choices)
+                raise unknown_key(key, value, config)
+            if depth < len(parts) - 1:  # not the value itself: it may be an interpolation
                 node = node[part]
 
 
@@ -148,24 +192,67 @@ def _compose(overrides: list[str], hydra_node: bool = False) -> DictConfig:
         raise UserError(f"Cannot apply overrides {' '.join(overrides)}: {err}") from None
 
 
-def compose_config(overrides: list[str] | None = None) -> tuple[DictConfig, dict[str, str]]:
-    """The validated train config for `overrides`, and the chosen option of every group."""
-    overrides = [expand_override(o) for o in overrides or []]
-    group_overrides, dotted = _check_groups(overrides)
-    try:
-        cfg = _compose(overrides, hydra_node=True)
-    except UserError:
-        # Composed once when all is well; only a failure pays for the clearer diagnosis.
-        _check_keys(_compose(group_overrides), dotted)
-        raise
+def _composed(overrides: list[str]) -> tuple[DictConfig, dict[str, str]]:
+    """The config composed from `overrides`, unvalidated, and the chosen option of every group."""
+    cfg = _compose(overrides, hydra_node=True)
     choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
     with_struct = OmegaConf.is_struct(cfg)
     OmegaConf.set_struct(cfg, False)
     del cfg["hydra"]
     OmegaConf.set_struct(cfg, with_struct)
-    _check_keys(cfg, dotted)
+    return cfg, choices
+
+
+def compose_config(overrides: list[str] | None = None) -> tuple[DictConfig, dict[str, str]]:
+    """The validated train config for `overrides`, and the chosen option of every group."""
+    overrides = canonical([expand_override(o) for o in overrides or []])
+    refuse_options(overrides)
+    group_overrides, dotted = _check_groups(overrides)
+    try:
+        cfg, choices = _composed(overrides)
+    except UserError:
+        # Composed once when all is well; only a failure pays for the clearer diagnosis.
+        _check_keys(*_composed(group_overrides), dotted)
+        raise
+    _check_keys(cfg, choices, dotted)
     validate(cfg, choices)
     return cfg, choices
+
+
+def check_swept(arguments: list[str]) -> None:
+    """A sweep's search space checked before Optuna and torch load (the sweep checks each value
+    again as it starts): every swept group choice, and the config its first values make. A
+    space the override grammar cannot read is left to the sweep, which says why."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    arguments = canonical(arguments)
+    refuse_options(arguments)
+    try:
+        parsed = OverridesParser.create().parse_overrides(arguments)
+    except HydraException:
+        return
+    first = []
+    for override, text in zip(parsed, arguments, strict=True):
+        key = text.partition("=")[0]
+        if not override.is_sweep_override():
+            first.append(text)
+        elif override.is_interval_sweep():
+            first.append(f"{key}={override.value().start}")
+        else:
+            values = list(override.sweep_string_iterator())
+            known = groups().get(key)
+            for value in values if known else []:
+                if canonical_choice(key, value) is None:
+                    raise choice_error(f"{key} choice", value, known)
+            first.append(f"{key}={values[0]}")
+    try:
+        compose_config(first)
+    except UserError:
+        # an unknown key is said with its values as typed (lr=interval(...)), not the first
+        typed = [a for a in arguments if a.partition("=")[0] not in groups()]
+        _check_keys(*_composed([o for o in first if _is_choice(o)]), typed)
+        raise
 
 
 def validate(cfg: DictConfig, choices: dict[str, str]) -> None:
@@ -176,8 +263,12 @@ def validate(cfg: DictConfig, choices: dict[str, str]) -> None:
     except OmegaConfBaseException as err:
         raise UserError(f"Cannot resolve the config: {err}") from None
     _check_targets(resolved)
+
+    def offers() -> Config:  # only an unknown key needs it
+        return Config.of(resolved, choices)
+
     top = {k: v for k, v in resolved.items() if k not in SCHEMAS}
-    _check_node(top, TrainSchema, "")
+    _check_node(top, TrainSchema, "", offers)
     for group, by_choice in SCHEMAS.items():
         if not isinstance(resolved.get(group), dict):
             raise UserError(f"The config has no '{group}' section (a mapping of its settings).")
@@ -185,7 +276,7 @@ def validate(cfg: DictConfig, choices: dict[str, str]) -> None:
         schema = by_choice.get(choice, by_choice.get("*"))
         if schema is None:
             raise choice_error(f"{group} choice", choice, groups().get(group, []))
-        _check_node(resolved[group], schema, f"{group}.")
+        _check_node(resolved[group], schema, f"{group}.", offers)
         own = preset_node(group, choice).get("_target_")
         if resolved[group].get("_target_") != own:
             raise UserError(
@@ -193,6 +284,9 @@ def validate(cfg: DictConfig, choices: dict[str, str]) -> None:
                 f"builds '{own}'."
             )
     model, data = resolved.get("model") or {}, resolved.get("data") or {}
+    split_problem = split_error(data)
+    if split_problem:
+        raise UserError(split_problem)
     if (
         choices.get("model") == "mlp"
         and model.get("norm") == "batch"
@@ -255,15 +349,15 @@ def _as_text(node: Any) -> Any:
     return node.replace("${", "\\${") if isinstance(node, str) else node
 
 
-def _check_node(node: dict[str, Any], schema: type, prefix: str) -> None:
+def _check_node(
+    node: dict[str, Any], schema: type, prefix: str, offers: Callable[[], Config]
+) -> None:
     try:
         typed = OmegaConf.merge(OmegaConf.structured(schema), _as_text(node))
-    except ConfigKeyError as err:
-        known = [f.name for f in dataclasses.fields(schema)]
-        raise UserError(
-            f"Unknown key '{prefix}{err.full_key}'. Keys there: {', '.join(known)}."
-            + did_you_mean(str(err.full_key), known)
-        ) from None
+    except ConfigKeyError as err:  # a +key=, or a saved config's own
+        key, whole = f"{prefix}{err.full_key}", offers()
+        others = replace(whole, live=whole.live - {key}, names=whole.names - {key})
+        raise unknown_key(key, None, others) from None
     except OmegaConfBaseException as err:
         key = f"{prefix}{getattr(err, 'full_key', '') or ''}"
         reason = str(getattr(err, "msg", err)).splitlines()[0]
@@ -387,7 +481,7 @@ def saved_run_config(
                 FilledFromDefaults,
                 stacklevel=2,
             )
-        cfg = apply_overrides(OmegaConf.merge(base, saved), overrides)
+        cfg = apply_overrides(OmegaConf.merge(base, saved), overrides, choices)
         validate(cfg, choices)
     except (UserError, OmegaConfBaseException) as err:
         if isinstance(err, OmegaConfBaseException):
@@ -402,6 +496,30 @@ def saved_run_config(
     return cfg, choices
 
 
+def check_saved_keys(
+    saved: dict[str, Any], choices: dict[str, str] | None, overrides: list[str]
+) -> None:
+    """The keys of overrides given for a saved run, checked without composing anything (so
+    before torch loads, for --resume): each must be in its config or, as saved_run_config fills
+    what an older run lacks, in today's conf/ for its group choices. Values are checked later."""
+    choices = dict(choices) if choices else infer_choices(saved)
+    live = set(flat_keys(saved)) | {
+        f"{group}.{key}"
+        for group, choice in choices.items()
+        if group in default_choices()
+        for key in choice_keys(group, choice)
+    }
+    offers = Config(live | set(_top_level_keys()), {*map(str, saved), *groups()}, choices)
+    option = find_option(overrides)
+    if option is not None:
+        raise option_error(*option, offers)
+    for override in overrides:
+        key, _, value = override.partition("=")
+        bare = key.strip().lstrip("+~")
+        if bare not in offers.live | offers.names and bare.rpartition(".")[2] not in HYDRA_KEYS:
+            raise unknown_key(bare, value, offers, SAVED)
+
+
 def _missing_keys(base: dict[str, Any], saved: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys of `base` that `saved` does not have."""
     missing = []
@@ -413,19 +531,24 @@ def _missing_keys(base: dict[str, Any], saved: dict[str, Any], prefix: str = "")
     return missing
 
 
-def apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """Apply key=value overrides to a saved config, refusing keys it does not have."""
+def apply_overrides(
+    cfg: DictConfig, overrides: list[str], choices: dict[str, str] | None = None
+) -> DictConfig:
+    """Apply key=value overrides to a saved config (whose group `choices` name where a key it
+    lacks would be), refusing keys it does not have."""
+
+    def offers() -> Config:  # only a refusal needs it
+        return Config.of(OmegaConf.to_container(cfg, resolve=False), choices or {})
+
+    option = find_option(overrides)
+    if option is not None:
+        raise option_error(*option, offers())
     for override in overrides:
         key, value = _split(override)
         parent_key, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
         if not isinstance(parent, DictConfig) or leaf not in parent:
-            options = list(map(str, parent.keys())) if isinstance(parent, DictConfig) else []
-            raise UserError(
-                f"Unknown key '{key}' for this run's config."
-                + (f" Keys there: {', '.join(options)}." if options else "")
-                + did_you_mean(leaf, options)
-            )
+            raise unknown_key(key, value, offers(), SAVED)
         quoted = value.startswith(("'", '"'))  # taken as written, as bash takes '...'
         expanded = expand_path(key, value) if key in path_keys() and not quoted else None
         parsed = expanded if expanded is not None else _parse_value(value)

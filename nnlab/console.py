@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from nnlab.errors import UserError, storage_failure
@@ -47,15 +48,47 @@ def user_errors() -> Iterator[None]:
         )
 
 
-def fmt(value: Any) -> str:
+# Metrics that count (epochs, steps, samples, trials, parameters...): whole numbers by nature,
+# even where a library hands them over as floats. Named by the last part of their key.
+COUNTS = frozenset(
+    {"epoch", "epochs", "step", "steps", "global_step", "samples", "trials", "skipped", "params"}
+)
+
+
+def is_count(key: str) -> bool:
+    """Whether the metric `key` (test_samples, epochs, val/samples...) counts something."""
+    name = key.rpartition("/")[2]
+    return name in COUNTS or name.endswith(("_samples", "_count"))
+
+
+def fmt(value: Any, key: str = "") -> str:
+    """A value for a table: a count as an integer (12, not 12.0000), other numbers to 4
+    decimals."""
     if isinstance(value, float):
+        if value.is_integer() and is_count(key):
+            return str(int(value))
         return f"{value:.4f}"
     return str(value)
 
 
-def print_wide(table: Table) -> None:
-    # Piped output gets 80 columns from Rich; a wide table needs more to stay readable.
-    Console(width=None if out.is_terminal else 200).print(table)
+WIDEST = 10_000  # columns to measure a table's narrowest whole-word layout in
+
+
+def print_wide(table: Table, width: int | None = None) -> None:
+    """The table with every word whole: in `width` columns (default: the terminal's; 200 when
+    piped, where Rich's 80 would squeeze a wide table), or at its natural width where a word
+    does not fit them. A path or a run name folded across lines could not be copied; a line
+    wider than the terminal is wrapped by the terminal itself and still copies whole. Cells that
+    must not break at their spaces either belong in a no_wrap=True column."""
+    base = width or (out.width if out.is_terminal else 200)
+    needs = Measurement.get(out, out.options.update_width(WIDEST), table)
+    # too wide for `base` anyway: then as wide as it likes, rather than squeezing the rest
+    Console(width=base if needs.minimum <= base else needs.maximum).print(table)
+
+
+def warn_plainly(message: str) -> None:
+    """A warning for the user: one readable line on stderr, without Python's source excerpt."""
+    err.print(f"[bold yellow]Warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def stage_keys(metrics: dict[str, Any], prefixes: tuple[str, ...]) -> list[str]:
@@ -73,7 +106,7 @@ def results_table(title: str, metrics: dict[str, Any], keys: list[str]) -> Table
     table.add_column("value", justify="right")
     for key in keys:
         if key in metrics:
-            table.add_row(key, fmt(metrics[key]))
+            table.add_row(key, fmt(metrics[key], key))
     return table
 
 
@@ -91,7 +124,7 @@ def show_warnings_plainly() -> None:
 
     def show(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
         if issubclass(category, Notice):
-            err.print(f"[bold yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
+            warn_plainly(str(message))
         else:
             original(message, category, *args, **kwargs)
 

@@ -40,9 +40,11 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
-    """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
-    return f" Did you mean '{close[0]}'?" if close else ""
+    """' Did you mean 'x'?' for the closest choice, or '' when nothing is close. Case does not
+    count against a choice: model=CNNN is close to cnn."""
+    named = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(str(value).lower(), list(named), n=1, cutoff=0.5)
+    return f" Did you mean '{named[close[0]]}'?" if close else ""
 
 
 def choice_error(what: str, value: object, choices: Iterable[str]) -> UserError:

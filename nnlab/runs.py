@@ -32,6 +32,7 @@ SAMPLES = "samples.png"  # GAN runs: a grid of generated images
 METRICS_CSV = "metrics.csv"  # one row per epoch: step, time, lr, train/val metrics
 PLOTS = "plots"  # PNG figures drawn as a run ends (nnlab/plots.py)
 LOCK = ".lock"  # held by the process that writes the run: "<host> <pid>"
+LOG = "log.txt"  # library warnings and log lines kept off the terminal (nnlab/run_log.py)
 
 
 class DamagedRun(UserError):
@@ -111,6 +112,14 @@ def resolve_target(target: str, output_dir: str | Path) -> tuple[Path | None, Pa
         f"(outputs/runs/<run>), a run's name (name=..., the newest run of that name), a .ckpt "
         f"file, or 'latest'; `nnlab runs` lists them.{hint}"
     )
+
+
+def home_of(target: str, output_dir: str | Path) -> Path:
+    """Where a command on `target` (eval, predict, export) keeps its own files: the run
+    directory, or a lone checkpoint's folder. UserError when `target` names no run: torch-free,
+    so that a wrong name is answered at once."""
+    run_dir, ckpt = resolve_target(target, output_dir)
+    return run_dir or ckpt.parent
 
 
 # <date>_<time>_<name>[-N]: what create_run_dir makes

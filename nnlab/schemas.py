@@ -401,3 +401,21 @@ SCHEMAS: dict[str, dict[str, type]] = {
 def missing_sections(config: dict[str, Any]) -> list[str]:
     """The groups a whole saved config has and `config` lacks (as mappings): a file cut short."""
     return [group for group in SCHEMAS if not isinstance(config.get(group), dict)]
+
+
+def split_error(data: dict[str, Any]) -> str | None:
+    """What is wrong with a data config's split fractions taken together (each alone is within
+    its bounds), or None: the validation and test parts must leave samples to train on."""
+    parts = {
+        key: data[key]
+        for key, path in (("val_fraction", "val_path"), ("test_fraction", "test_path"))
+        if isinstance(data.get(key), (int, float)) and not data.get(path)
+    }
+    if len(parts) < 2 or sum(parts.values()) < 1.0:
+        return None
+    shown = " + ".join(f"data.{key}={value:g}" for key, value in parts.items())
+    return (
+        f"{shown} leaves no samples to train on: the validation and test parts together must "
+        f"be under 1 (the defaults are 0.15 each; for example data.val_fraction=0.2 "
+        f"data.test_fraction=0.2 trains on the other 60%)."
+    )

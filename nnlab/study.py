@@ -37,8 +37,8 @@ class Sweep:
     grid: dict[str, list[Any]] | None  # key → values, for the grid sampler
     fixed: list[str]
     trials: int
-    metric: str
-    direction: str
+    metric: str  # "" until sweep.fit_to_task: the task's own
+    direction: str  # "" until sweep.fit_to_task: the task's own, or guessed from the name
     sampler: str = "tpe"
     pruner: str = "median"
     storage: str | None = None
@@ -350,7 +350,7 @@ def _refuse_other_space(sweep: Sweep, stored: dict[str, Any] | None, given: dict
         f"another search space, and one study must not mix two searches. Stored: "
         f"{_describe(stored)}. Given: {_describe(given)}. They differ in {', '.join(differ)}. "
         f"To start a new search, choose another name (for example --name {_free_name(sweep)}); "
-        f"to continue the stored one, run '{_resume_command(sweep)}' with no search space, or "
+        f"to continue the stored one, run '{resume_command(sweep)}' with no search space, or "
         f"give exactly the stored space. Nothing was written."
     )
 
@@ -374,15 +374,20 @@ def _free_name(sweep: Sweep) -> str:
     )
 
 
-def _resume_command(sweep: Sweep) -> str:
-    words = ["nnlab sweep --name", sweep.name, "--resume"]
+def resume_command(sweep: Sweep, jobs: int = 1) -> str:
+    """The command that continues the sweep as stored, quoted for a shell."""
+    import shlex
+
+    words = ["nnlab", "sweep", "--name", sweep.name, "--resume"]
+    if jobs > 1:
+        words += ["--jobs", str(jobs)]
     if sweep.study:
         words += ["--study", sweep.study]
     if sweep.storage:
         words += ["--storage", mask_url(sweep.storage)]
     if Path(sweep.output_dir) != Path("outputs"):
         words += ["--output-dir", sweep.output_dir]
-    return " ".join(words)
+    return shlex.join(words)
 
 
 def _write_space_file(sweep: Sweep, record: dict[str, Any]) -> None:

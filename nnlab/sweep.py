@@ -11,15 +11,19 @@ import itertools
 import math
 import os
 import re
+import signal
 import socket
+import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from nnlab import compat, locks
-from nnlab.errors import UserError, choice_error
+from nnlab import compat, locks, runs
+from nnlab.errors import UserError, choice_error, did_you_mean
 from nnlab.search_space import overrides_of
 from nnlab.study import (
     BEST,
@@ -35,6 +39,9 @@ from nnlab.study import (
     prepare,
     storage_of,
 )
+
+INTERRUPTED = 130  # a worker process's exit code after Ctrl-C, as a shell's
+GRACE_S = 3.0  # how long stopped workers get to record their trials before they are told to stop
 
 # -- dead workers -----------------------------------------------------------------------------
 _WORKER = re.compile(r"^([A-Za-z0-9_.-]+):(\d+)(?::([0-9a-f]+))?$")  # host:pid[:token]
@@ -140,15 +147,36 @@ def work(sweep: Sweep) -> None:
             except optuna.TrialPruned:
                 study.tell(trial, state=TrialState.PRUNED)
             except KeyboardInterrupt:
-                trial.set_user_attr("interrupted", True)
-                _requeue(study, trial.number, trial.params, set())
-                study.tell(trial, state=TrialState.FAIL)  # a resumed sweep runs it again
-                return
+                with _deaf_to_interrupts():  # a second Ctrl-C must not cut the record short
+                    trial.set_user_attr("interrupted", True)
+                    _requeue(study, trial.number, trial.params, set())
+                    study.tell(trial, state=TrialState.FAIL)  # a resumed sweep runs it again
+                raise
             except Exception as err:  # a crashed or diverged trial fails alone; the sweep goes on
                 trial.set_user_attr("error", _one_line(err))
                 study.tell(trial, state=TrialState.FAIL)
             else:
                 study.tell(trial, value)
+
+
+@contextlib.contextmanager
+def _deaf_to_interrupts() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers, and only it gets Ctrl-C
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:  # None: a handler set outside Python, which cannot be put back; Python's own then
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+
+
+def _work_in_process(sweep: Sweep) -> None:
+    """A worker process's life: Ctrl-C ends it with exit code 130, without a traceback."""
+    try:
+        work(sweep)
+    except KeyboardInterrupt:
+        sys.exit(INTERRUPTED)
 
 
 def _one_line(err: BaseException) -> str:
@@ -159,10 +187,12 @@ def _one_line(err: BaseException) -> str:
 def _objective(sweep: Sweep, trial: Any) -> float:
     import optuna
 
-    from nnlab import runs
-    from nnlab.callbacks.pruning import PruningCallback
     from nnlab.config import compose_config
-    from nnlab.train import train
+    from nnlab.startup import heavy_imports
+
+    with heavy_imports():
+        from nnlab.callbacks.pruning import PruningCallback
+        from nnlab.train import train
 
     params = {key: trial.params[key] for key in sweep.space}
     overrides = overrides_of(params, sweep.fixed)
@@ -189,15 +219,16 @@ def _objective(sweep: Sweep, trial: Any) -> float:
 
 
 # -- the whole sweep --------------------------------------------------------------------------
-def check(sweep: Sweep) -> None:
-    """Reject bad settings before any worker starts: exit code 2, nothing written."""
+def check(sweep: Sweep) -> list[Any]:
+    """Reject bad settings before any worker starts: exit code 2, nothing written. Returns the
+    configs of the space's corners (every choice, both ends of every interval)."""
     from nnlab.config import compose_config
 
     if sweep.sampler not in SAMPLERS:
         raise choice_error("--sampler", sweep.sampler, SAMPLERS)
     if sweep.pruner not in PRUNERS:
         raise choice_error("--pruner", sweep.pruner, PRUNERS)
-    if sweep.direction not in DIRECTIONS:
+    if sweep.direction and sweep.direction not in DIRECTIONS:
         raise choice_error("--direction", sweep.direction, DIRECTIONS)
     if sweep.sampler == "grid":
         missing = [key for key in sweep.space if key not in (sweep.grid or {})]
@@ -215,16 +246,96 @@ def check(sweep: Sweep) -> None:
         return values if values is not None else [sweep.space[key].low, sweep.space[key].high]
 
     base = {key: ends(key)[0] for key in sweep.space}
-    for key in sweep.space:
-        for value in ends(key):
-            compose_config(overrides_of({**base, key: value}, sweep.fixed))
+    where = f"output_dir={sweep.output_dir}"  # as the trials have it (a GAN's judge cache)
+    return [
+        compose_config([*overrides_of({**base, key: value}, sweep.fixed), where])[0]
+        for key in sweep.space
+        for value in ends(key)
+    ]
+
+
+# -- the metric trials are scored by ----------------------------------------------------------
+def fit_to_task(sweep: Sweep, configs: list[Any]) -> Sweep:
+    """The sweep scored by its task: the task's own metric (ClassificationTask's val/acc,
+    RegressionTask's val/loss, ...) and direction where none was given, and a given metric
+    checked against what the task records: UserError rather than trials that train fully and
+    then find no such metric. The task may depend on the data (data=table infers regression from
+    its target), so the data and task of each data/model pair in `configs` are built once, here.
+    """
+    tasks = _tasks(configs)
+    metric = sweep.metric or _default_metric(tasks)
+    for task, _, recorded in tasks:
+        if metric not in recorded:
+            raise UserError(
+                f"sweep.metric={metric}: {task} does not record that metric, so every trial "
+                f"would train and then fail. Its metrics: {', '.join(sorted(recorded))}."
+                + did_you_mean(metric, recorded)
+            )
+    modes = {mode for _, (monitor, mode), _ in tasks if monitor == metric}
+    lower = modes == {"min"} if modes else runs.lower_is_better(metric)
+    return replace(sweep, metric=metric, direction=sweep.direction or DIRECTIONS[lower])
+
+
+Recorded = tuple[str, tuple[str, str], list[str]]  # task class, its (monitor, mode), its metrics
+
+
+def _tasks(configs: list[Any]) -> list[Recorded]:
+    """What each config's task records, building each data/model pair's task once."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from nnlab.startup import heavy_imports
+
+    with heavy_imports():
+        from nnlab.build import build, check_monitor
+        from nnlab.tasks.supervised import SupervisedTask
+        from nnlab.trainer import quiet_lightning
+
+    quiet_lightning()  # a GAN's task trains its judge the first time
+    built: dict[str, tuple[str, tuple[str, str], list[str], bool]] = {}
+    found = []
+    for cfg in configs:
+        pair = [OmegaConf.to_container(cfg.data, resolve=True), cfg.model.get("_target_")]
+        key = json.dumps(pair, sort_keys=True, default=str)
+        if key not in built:
+            _, task = build(cfg)
+            check_monitor(cfg, task)  # before trial 1, not at the end of each trial's epoch 1
+            supervised = isinstance(task, SupervisedTask)
+            built[key] = (type(task).__name__, tuple(task.monitor), task.metric_names(), supervised)
+        name, monitor, names, supervised = built[key]
+        if cfg.trainer.limit_val_batches == 0:  # validation off: no val/ metric ever comes
+            names = [n for n in names if not n.startswith("val/")]
+            name = f"{name} with validation off (trainer.limit_val_batches=0)"
+        if cfg.eval_train and supervised:  # the test metrics again, on the training split
+            names = [*names, *(f"trainset/{n[5:]}" for n in names if n.startswith("test/"))]
+        found.append((name, monitor, names))
+    return found
+
+
+def _default_metric(tasks: list[Recorded]) -> str:
+    monitors = sorted({f"{task}: {monitor}" for task, (monitor, _), _ in tasks})
+    if len(monitors) > 1:
+        shared = set.intersection(*(set(recorded) for _, _, recorded in tasks))
+        raise UserError(
+            f"The trials train different tasks ({', '.join(monitors)}), so there is no one "
+            f"metric to score them by: name one they all record with sweep.metric=... "
+            f"({', '.join(sorted(shared)) or 'they share none'})."
+        )
+    task, (monitor, _), recorded = tasks[0]
+    if monitor not in recorded:
+        raise UserError(
+            f"{task} records no {monitor}, the metric its runs are scored by. Name another "
+            f"with sweep.metric=... ({', '.join(sorted(recorded))}), or validate."
+        )
+    return monitor
 
 
 def run(sweep: Sweep, jobs: int, study: Any = None) -> Any:
     """Run the sweep with `jobs` worker processes; returns the study. `study`: what prepare()
-    returned, when the caller prepared the sweep already."""
-    import multiprocessing
-
+    returned, when the caller prepared the sweep already. KeyboardInterrupt when it stopped
+    (Ctrl-C, a killed worker) with trials still to run: the stopped ones are marked
+    interrupted, to be run again on resume."""
     study = study if study is not None else prepare(sweep)
     with budget_lock(sweep):
         release_dead_trials(study, sweep)  # a killed run of this sweep: run its trials again
@@ -234,27 +345,47 @@ def run(sweep: Sweep, jobs: int, study: Any = None) -> Any:
             grid = itertools.product(*((sweep.grid or {})[key] for key in keys))
             for values in itertools.islice(grid, sweep.trials):
                 study.enqueue_trial(dict(zip(keys, values, strict=True)))
-    if jobs == 1:
-        work(sweep)
-    else:
-        context = multiprocessing.get_context("spawn")  # fork after torch import is unsafe
-        workers = [
-            context.Process(target=work, args=(replace(sweep, worker=i),)) for i in range(jobs)
-        ]
-        for worker in workers:
-            worker.start()
-        try:
-            for worker in workers:
-                worker.join()
-        except KeyboardInterrupt:
-            for worker in workers:
-                worker.join(timeout=60)  # they got the Ctrl-C too and stop their trial
-            raise
-    with budget_lock(sweep):
-        # A worker that died in its last trial: the summary shows that trial as interrupted,
-        # to be run again, rather than running forever.
-        release_dead_trials(study, sweep)
+    try:
+        if jobs == 1:
+            work(sweep)
+        else:
+            _run_workers(sweep, jobs)
+    finally:
+        with budget_lock(sweep):
+            # A worker that died in its last trial, or was stopped before it recorded it: the
+            # summary shows that trial as interrupted, to be run again, not as running forever.
+            release_dead_trials(study, sweep)
+    if owed(study, sweep.trials):  # a worker stopped before the end (Ctrl-C, killed)
+        raise KeyboardInterrupt
     return study  # its storage reads the workers' trials back on every query
+
+
+def _run_workers(sweep: Sweep, jobs: int) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # fork after torch import is unsafe
+    workers = [
+        context.Process(target=_work_in_process, args=(replace(sweep, worker=i),))
+        for i in range(jobs)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:
+        # Ctrl-C in a terminal reaches the workers too; a signal sent to this process alone
+        # does not: those still running after a grace period are told to stop. Never twice at
+        # once: a second Ctrl-C could cut short a worker's record of its trial.
+        deadline = time.monotonic() + GRACE_S
+        for worker in workers:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        for worker in workers:
+            if worker.is_alive() and worker.pid is not None:
+                os.kill(worker.pid, signal.SIGINT)
+        for worker in workers:
+            worker.join(timeout=60)
+        raise
 
 
 def write_best(sweep: Sweep, study: Any) -> Path | None:

@@ -17,8 +17,8 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 import nnlab
-from nnlab import compat, runs
-from nnlab.build import build
+from nnlab import compat, run_log, runs
+from nnlab.build import build, check_monitor
 from nnlab.callbacks.grad_flow import GradientFlow
 from nnlab.callbacks.stop_signals import StopSignals
 from nnlab.data.base import TensorDataModule
@@ -26,6 +26,7 @@ from nnlab.errors import RunInterrupted, TrainingError, UserError, storage_failu
 from nnlab.logger import TensorBoard
 from nnlab.models.layers import count_parameters
 from nnlab.plots import save_run_plots
+from nnlab.startup import process_rank
 from nnlab.tasks import gan as gan_task
 from nnlab.tasks.supervised import SupervisedTask
 from nnlab.trainer import make_trainer, plain_cuda_probe, quiet_lightning, versions
@@ -35,21 +36,13 @@ __all__ = ["Result", "RunInterrupted", "TrainingError", "process_rank", "train"]
 RUN_DIR_ENV = "NNLAB_RUN_DIR"
 
 
-def process_rank() -> int:
-    """This process's rank in a distributed run (0 when alone), known before any trainer exists:
-    torchrun sets RANK, SLURM SLURM_PROCID, Lightning's own launcher NODE_RANK and LOCAL_RANK."""
-    for name in ("RANK", "SLURM_PROCID"):
-        if name in os.environ:
-            return int(os.environ[name])
-    return int(os.environ.get("NODE_RANK", 0)) * 1000 + int(os.environ.get("LOCAL_RANK", 0))
-
-
 @dataclass
 class Result:
     run_dir: Path | None
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+@run_log.captured()  # library warnings and log lines: to the run's log.txt
 def train(
     cfg: DictConfig,
     choices: dict[str, str],
@@ -70,12 +63,14 @@ def train(
     # Everything that can reject the user's input happens before the run directory exists.
     # A resumed run scales its data as it did when it began, whatever its files hold now.
     datamodule, task = build(cfg, runs.read_preprocessing(resume) if resume else None)
+    check_monitor(cfg, task)
     lead = process_rank() == 0  # only the first process of a distributed run writes files
     run_dir = resume or _run_directory(cfg, choices, runs_dir)
     with runs.locked(run_dir) if lead else contextlib.nullcontext():
         config = OmegaConf.to_container(cfg, resolve=True)
         fitted = getattr(datamodule, "fitted", {})
         record = runs.RunRecord(run_dir, config, overrides, lead, resume is not None, fitted)
+        run_log.keep_in(run_dir, lambda: record.started)  # a refused resume writes nothing
         trainer, flow, stop = _assemble(cfg, record, task, callbacks or [])
         opening = {
             "choices": choices,

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.profilers import PassThroughProfiler
 
 import nnlab
-from nnlab import compat, runs
+from nnlab import runs
 from nnlab.callbacks.checkpoint import ModelCheckpoint
 from nnlab.checkpoint_io import DeferredCheckpointIO
 from nnlab.errors import UserError
@@ -53,33 +53,35 @@ def versions() -> dict[str, str]:
 
 
 def progress_bar(cfg: DictConfig, task: pl.LightningModule) -> list[pl.Callback]:
-    """Lightning's Rich bar; without its it/s column when each Lightning step holds several
-    batches (trainer.steps_per_execution): that rate would not be batches per second, and
-    reads 0.00 when an epoch is a single step."""
+    """nnlab's bar (callbacks/progress.py): epochs from 1, the epoch's loss and monitored metric,
+    the time left; without its it/s column when each Lightning step holds several batches."""
     if not cfg.trainer.enable_progress_bar:
         return []
+    from nnlab.callbacks.progress import ProgressBar
+
     grouping = isinstance(task, SupervisedTask) and cfg.trainer.steps_per_execution > 1
-    from pytorch_lightning.callbacks import RichProgressBar
-    from pytorch_lightning.callbacks.progress.rich_progress import ProcessingSpeedColumn
+    return [ProgressBar(monitor_of(cfg, task), speed=not grouping)]
 
-    class Bar(RichProgressBar):
-        def configure_columns(self, trainer: pl.Trainer) -> list:
-            columns = super().configure_columns(trainer)
-            # Distributed runs take one batch per step (TensorBatches), so their rate is right.
-            grouped = grouping and trainer.world_size == 1
-            return [c for c in columns if not (grouped and isinstance(c, ProcessingSpeedColumn))]
 
-        def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            super().on_train_start(trainer, pl_module)
-            # Rich draws the whole bar at once whenever a bar is added or reset, twice per
-            # epoch: 5% of a small model's epoch. The bar's thread redraws it within
-            # 1/refresh_rate s, and the final frame is drawn when the bar stops.
-            if self.progress is not None:
-                compat.defer_rich_redraws(self.progress)
+def check_accelerator(accelerator: str) -> None:
+    """A GPU asked for on a machine without one, in one sentence rather than Lightning's
+    MisconfigurationException ('No supported gpu backend found!')."""
+    wanted = str(accelerator).lower()
+    probes = {"gpu": torch.cuda.is_available, "cuda": torch.cuda.is_available}
+    available = {**probes, "mps": torch.backends.mps.is_available}.get(wanted)
+    if available is None or available():
+        return
+    setting = f"trainer.accelerator={accelerator}"
+    asked = f"{setting} (what trainer=gpu sets)" if wanted == "gpu" else setting
+    raise UserError(
+        f"{asked} asks for a GPU, but torch finds no GPU on this machine: train on the CPU "
+        f"with trainer=default or trainer.accelerator=cpu instead."
+    )
 
-    # Lightning's default Rich bar redraws up to 100×/s from a thread that competes with
-    # training: +40% per epoch on small models (tests/perf/bench_overhead.py).
-    return [Bar(refresh_rate=10)]
+
+def monitor_of(cfg: DictConfig, task: pl.LightningModule) -> str:
+    """The metric that picks best.ckpt: the user's callbacks.monitor, else the task's own."""
+    return cfg.callbacks.monitor or task.monitor[0]
 
 
 _UNPROFILED = contextlib.nullcontext()  # stateless, so one serves every `with`
@@ -151,6 +153,7 @@ def plain_trainer(**args: Any) -> pl.Trainer:
 
 def eval_trainer(cfg: DictConfig, task: pl.LightningModule) -> pl.Trainer:
     """The Trainer that tests a saved run again on the devices its config names."""
+    check_accelerator(cfg.trainer.accelerator)
     return plain_trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
@@ -164,6 +167,7 @@ def _trainer_args(cfg: DictConfig, task: pl.LightningModule) -> dict[str, Any]:
     """cfg.trainer as pl.Trainer arguments, less what nnlab applies itself."""
     from nnlab.distributed import single_machine_strategy
 
+    check_accelerator(cfg.trainer.accelerator)
     args = OmegaConf.to_container(cfg.trainer, resolve=True)
     del args["steps_per_execution"]  # nnlab's, not Lightning's: build() hands it to the data
     if isinstance(task, SupervisedTask):
@@ -187,7 +191,7 @@ def _checkpoint_callbacks(
     """best.ckpt (by the monitor), last.ckpt (every epoch) and early stopping."""
     from pytorch_lightning.callbacks import EarlyStopping
 
-    monitor = cfg.callbacks.monitor or task.monitor[0]
+    monitor = monitor_of(cfg, task)
     lower = runs.lower_is_better(monitor)
     guessed = task.monitor[1] if monitor == task.monitor[0] else ("max", "min")[lower]
     mode = cfg.callbacks.mode or guessed

@@ -125,6 +125,8 @@ def test_resume_plans_the_saved_run_with_the_new_overrides(monkeypatch):
         return Path("runs/r1"), cfg, {"model": "mlp"}, ["model.hidden=8", *overrides]
 
     monkeypatch.setattr("nnlab.restore.run_to_resume", run_to_resume)
+    # its keys are checked against the run's files first (test_suggestions does it for real)
+    monkeypatch.setattr("nnlab.plan.check_resume_keys", lambda *args: None)
     given = ["trainer.max_epochs=9", "output_dir=a", "output_dir=b"]
     plan = plan_runs(["resume=latest", *given])
     assert calls == [("latest", given, "b")]  # the last output_dir= wins

@@ -147,7 +147,7 @@ def test_a_refused_or_failed_resume_leaves_the_run_byte_identical(nnlab, run):
     refused = {
         "model.hidden=128": ["model.hidden", "different run", "trainer.max_epochs"],
         "model=cnn": ["'model=cnn'", "different run"],
-        "trainer.accelerator=gpu": ["Bad trainer setting"],
+        "trainer.accelerator=gpu": ["trainer.accelerator=gpu", "no GPU"],
         "model.hiden=3": ["Unknown key 'model.hiden'"],
     }
     for override, expected in refused.items():

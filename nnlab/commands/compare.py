@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nnlab.console import fmt, out, user_errors
+from nnlab.console import fmt, out, print_wide, user_errors
 from nnlab.runs import lower_is_better
 
 
@@ -45,13 +45,14 @@ def compare(
     for label, run in zip(found.labels, found.runs, strict=True):
         # soft_wrap: a path cut across lines could not be copied
         out.print(f"[bold]{escape(label)}[/]: {escape(str(run))}", highlight=False, soft_wrap=True)
+    # out.width: 2-3 runs fit 80 columns, and a word (a path, a _target_) is never folded
     if found.settings:
-        out.print(_table("settings that differ", found.labels, found.settings, False))
+        print_wide(_table("settings that differ", found.labels, found.settings, False), out.width)
     else:
         out.print("The runs' settings are the same.")
-    out.print(_table("final metrics", found.labels, found.metrics, True))
+    print_wide(_table("final metrics", found.labels, found.metrics, True), out.width)
     for note in found.notes:
-        out.print(f"Note: {escape(note)}", highlight=False)
+        out.print(f"Note: {escape(note)}", highlight=False, soft_wrap=True)  # notes name files
     if drawn:
         shown = f"Curves ({', '.join(drawn)}): {escape(str(figure))}"
         out.print(shown, highlight=False, soft_wrap=True)
@@ -60,12 +61,12 @@ def compare(
 def _table(title: str, labels: list[str], rows: dict[str, list[Any]], metrics: bool) -> Table:
     """One row per key, one column per run; a metric's best value in bold."""
     table = Table(title=title, header_style="bold", title_justify="left")
-    table.add_column("", overflow="fold")
+    table.add_column("")
     for label in labels:
-        table.add_column(label, justify="right", overflow="fold")
+        table.add_column(escape(label), justify="right")
     for key, values in rows.items():
-        # settings exactly as configured (1e-05, not 0.0000); metrics to 4 decimals
-        cells = [escape(fmt(v) if metrics else str(v)) for v in values]
+        # settings exactly as configured (1e-05, not 0.0000); metrics to 4 decimals, counts whole
+        cells = [escape(fmt(v, key) if metrics else str(v)) for v in values]
         winner = _best(key, values) if metrics else None
         if winner is not None:
             cells[winner] = f"[bold]{cells[winner]}[/]"

@@ -6,13 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+from nnlab import run_log, runs
+from nnlab.commands import run_argument
 from nnlab.console import out, print_wide, user_errors
 
 
 def predict(
-    target: str = typer.Argument(..., help="Trained run (directory, name, .ckpt, 'latest')."),
+    target: str = run_argument(),
     inputs: list[str] | None = typer.Argument(
         None, help="Tables (table runs), .npz/.npy files (arrays runs), images or folders."
     ),
@@ -48,25 +51,33 @@ def predict(
       nnlab predict latest street.jpg --out-dir drawn/
     """
     with user_errors():
-        from nnlab.predict import COCO_RESULTS, DETECTIONS
-        from nnlab.predict import predict as run_predict
-        from nnlab.predictions import Predictions, Samples
+        home = runs.home_of(target, str(output_dir))  # a wrong run: answered before torch loads
+        from nnlab.startup import heavy_imports
 
-        result = run_predict(
-            target, inputs or [], str(output_dir), min_score, out_dir, samples, seed
-        )
+        with heavy_imports():
+            from nnlab.predict import COCO_RESULTS, DETECTIONS
+            from nnlab.predict import predict as run_predict
+            from nnlab.predictions import Predictions, Samples
+
+        with run_log.captured(home):
+            result = run_predict(
+                target, inputs or [], str(output_dir), min_score, out_dir, samples, seed
+            )
     if isinstance(result, Predictions):
         _show_values(result)
         return
     if isinstance(result, Samples):
-        out.print(f"{result.count} samples: {result.grid} and {result.arrays}", soft_wrap=True)
+        shown = f"{result.count} samples: {result.grid} and {result.arrays}"
+        out.print(shown, highlight=False, markup=False, soft_wrap=True)
         return
     table = Table(title=f"detections (score ≥ {min_score})", header_style="bold")
     for column in ("image", "objects", "classes"):
-        table.add_column(column, justify="right" if column == "objects" else "left")
+        # an image's path whole, even with spaces in it: folded, it could not be copied
+        justify = "right" if column == "objects" else "left"
+        table.add_column(column, justify=justify, no_wrap=column == "image")
     for image, found in result.images.items():
         classes = sorted({d["class"] for d in found})
-        table.add_row(image, str(len(found)), ", ".join(classes))
+        table.add_row(escape(image), str(len(found)), escape(", ".join(classes)))
     print_wide(table)
     out.print(f"Drawn images and {DETECTIONS}: {result.out_dir}", highlight=False, soft_wrap=True)
     if result.coco is not None:
@@ -81,9 +92,9 @@ SHOWN = 10  # rows of predictions shown on the terminal; the file has them all
 def _show_values(result) -> None:
     table = Table(title=f"predictions (first {SHOWN})", header_style="bold")
     for column in ("input", "item", "prediction"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "input")  # a path whole (print_wide)
     for row in result.rows[:SHOWN]:
-        table.add_row(row["input"], row["item"], row["prediction"])
+        table.add_row(*(escape(row[column]) for column in ("input", "item", "prediction")))
     print_wide(table)
     count = len(result.rows)
     out.print(f"{count} predictions: {result.path}", highlight=False, soft_wrap=True)
@@ -93,7 +104,7 @@ EXPORT_FORMATS = ("onnx", "torchscript", "export")  # nnlab.export.FILES names t
 
 
 def export(
-    target: str = typer.Argument(..., help="Trained run (directory, name, .ckpt, 'latest')."),
+    target: str = run_argument(),
     fmt: str = typer.Option(
         "onnx", "--format", help="onnx, torchscript, or export (a torch.export .pt2 program)."
     ),
@@ -118,18 +129,21 @@ def export(
 
       nnlab export outputs/runs/<run> --format export --out-dir deploy/
     """
-    from rich.markup import escape
-
     from nnlab.console import stop
     from nnlab.errors import choice_error
 
     with user_errors():
         if fmt not in EXPORT_FORMATS:
             raise choice_error("export format", fmt, EXPORT_FORMATS)
-        from nnlab.export import MODEL_JSON, TOLERANCE_RULE
-        from nnlab.export import export as run_export
+        home = runs.home_of(target, str(output_dir))  # a wrong run: answered before torch loads
+        from nnlab.startup import heavy_imports
 
-        result = run_export(target, fmt, str(output_dir), out_dir)
+        with heavy_imports():
+            from nnlab.export import MODEL_JSON, TOLERANCE_RULE
+            from nnlab.export import export as run_export
+
+        with run_log.captured(home):
+            result = run_export(target, fmt, str(output_dir), out_dir)
     table = Table(title=f"{fmt} export checked against PyTorch", header_style="bold")
     for column in ("compared", "largest |difference|", "tolerance", "result"):
         table.add_column(column, justify="left" if column == "compared" else "right")

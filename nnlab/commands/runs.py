@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,8 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nnlab.commands import OVERRIDES_HELP
-from nnlab.console import err, out, user_errors
+from nnlab.commands import overrides_argument
+from nnlab.console import err, out, print_wide, user_errors
 from nnlab.errors import UserError, choice_error
 
 if TYPE_CHECKING:
@@ -75,7 +80,9 @@ def runs_(
         typer.echo(run_table.render(whole, format_), nl=False)
         return
     if not found:
-        out.print(f"No runs in {root} yet: `nnlab train` makes one.")
+        out.print(
+            f"No runs in {root} yet: `nnlab train` makes one.", highlight=False, soft_wrap=True
+        )
         return
     _print_runs(chosen, f"{len(chosen)} of {len(found)} runs", keys, sort, wide)
 
@@ -87,26 +94,30 @@ def _print_runs(
     from nnlab import run_table
 
     # a fresh console: COLUMNS is read as it starts (piped output: 80 unless COLUMNS says)
-    console = Console(width=None if out.is_terminal else 200) if wide else Console()
+    width = Console().width
     if keys:
-        table = run_table.grouped_table(chosen, keys, sort, None if wide else console.width)
+        table = run_table.grouped_table(chosen, keys, sort, None if wide else width)
     elif wide:
         table = run_table.wide_table(chosen, title, sort)
     else:
-        table = run_table.runs_table(chosen, title, sort, console.width)
-    _print_table(console, table)
+        table = run_table.runs_table(chosen, title, sort, width)
+    _print_table(table, None if wide else width)
 
 
-def _print_table(console: Console, table: RunsTable) -> None:
+def _print_table(table: RunsTable, width: int | None) -> None:
+    """The table in `width` columns (None: the terminal's, 200 piped), or wider where a run's
+    name or directory needs it: a name folded across lines could not be copied."""
     shown = Table(title=table.title, header_style="bold")
     for header in table.headers:
         right = "/" in header or header in ("wall s", "n")
-        shown.add_column(escape(header), justify="right" if right else "left", overflow="fold")
+        shown.add_column(
+            escape(header), justify="right" if right else "left", no_wrap=header == "run"
+        )
     for row in table.rows:
         shown.add_row(*(escape(cell) for cell in row))
-    console.print(shown)
+    print_wide(shown, width)
     for note in table.notes:
-        console.print(escape(note), highlight=False)
+        out.print(escape(note), highlight=False)
 
 
 def board(
@@ -137,7 +148,8 @@ def board(
         url = _launch_tensorboard(port, host, output_dir)
     if not _is_local(host):
         _warn_open_board(url, port, host, output_dir)
-    out.print(f"TensorBoard: {url}  (runs in {output_dir}; Ctrl-C stops it)", highlight=False)
+    shown = f"TensorBoard: {url}  (runs in {output_dir}; Ctrl-C stops it)"
+    out.print(shown, highlight=False, markup=False, soft_wrap=True)
     try:
         while True:
             time.sleep(3600)
@@ -166,12 +178,28 @@ def _launch_tensorboard(port: int, host: str, output_dir: Path) -> str:
     server = program.TensorBoard()
     server.configure(argv=[None, "--logdir", str(output_dir), "--port", str(port), "--host", host])
     try:
-        return server.launch()
+        with _without_advisory():
+            return server.launch()
     except program.TensorBoardServerException as e:
         raise UserError(
             f"TensorBoard cannot serve on {host}:{port} ({e.msg}). Choose another port with "
             f"--port, or --port 0 for any free one."
         ) from None
+
+
+# TensorBoard's note that it reads events with its (Rust) data server: nothing to act on.
+ADVISORY = re.compile(r"\n?NOTE: Using experimental fast data loading logic\..*?\n\n", re.DOTALL)
+
+
+@contextmanager
+def _without_advisory() -> Iterator[None]:
+    """What TensorBoard writes to stderr as it starts, less its data-loading advisory."""
+    said = io.StringIO()
+    try:
+        with redirect_stderr(said):
+            yield
+    finally:
+        sys.stderr.write(ADVISORY.sub("", said.getvalue()))
 
 
 def _warn_open_board(url: str, port: int, host: str, output_dir: Path) -> None:
@@ -192,7 +220,7 @@ def _warn_open_board(url: str, port: int, host: str, output_dir: Path) -> None:
 
 
 def config(
-    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    overrides: list[str] | None = overrides_argument(),
     list_groups: bool = typer.Option(False, "--list", help="List config groups and choices."),
 ) -> None:
     """Print the resolved config, or every config group and its choices.

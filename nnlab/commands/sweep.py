@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
-from nnlab.console import err, fmt, out, print_wide, user_errors
+from nnlab.commands import overrides_argument
+from nnlab.console import fmt, out, print_wide, stop, user_errors
 from nnlab.errors import UserError, choice_error
 
 # What the command reads from `sweep.<key>=<value>` and from a preset: anything else would be
@@ -21,8 +23,8 @@ PRESET_KEYS = (*SETTINGS, "space", "fixed")
 
 
 def sweep(
-    space: list[str] | None = typer.Argument(
-        None, help="Swept and fixed overrides; sweep=<name> loads conf/sweep/<name>.yaml."
+    space: list[str] | None = overrides_argument(
+        "Swept and fixed overrides; sweep=<name> loads conf/sweep/<name>.yaml."
     ),
     trials: int | None = typer.Option(None, min=1, help="Total trials across all workers [20]."),
     jobs: int = typer.Option(1, min=1, help="Worker processes on this machine."),
@@ -49,7 +51,9 @@ def sweep(
     """Search hyperparameters with Optuna; every trial is a normal run. Re-run to resume.
 
     A sweep is its search space: the same command again resumes it; a different space under the
-    same --name is refused (choose another --name).
+    same --name is refused (choose another --name). Trials are scored by the task's own metric
+    (val/acc for classifiers, val/loss for regression, ...) unless sweep.metric= names another.
+    Exit 1 when no trial completed; Ctrl-C: exit 130, with the command that resumes the sweep.
 
     Examples:
 
@@ -65,9 +69,12 @@ def sweep(
       nnlab sweep --name mlp_digits --resume --trials 30   # same space, more trials
     """
     with user_errors():
-        from nnlab import study as studies
+        from nnlab.config import check_swept
 
         settings, arguments = sweep_arguments(space or [])
+        check_swept(arguments)  # typos answered before Optuna and torch load
+        from nnlab import study as studies
+
         sweep_name = name or str(settings.get("name", "sweep"))
         if resume and not arguments:  # continue the study as stored: its space and settings
             stored, arguments = studies.stored_settings(sweep_name, study, storage, str(output_dir))
@@ -84,8 +91,9 @@ def sweep(
             threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0,
             resume=resume,
         )
-        result, best_file = _run(job, jobs)
-    _print_sweep(job, result, best_file)
+        job, result, stopped = _run(job, jobs)
+    _print_sweep(job, result, _best_file(job, result))
+    _finish(job, result, jobs, stopped)
 
 
 def sweep_arguments(arguments: list[str]) -> tuple[dict[str, Any], list[str]]:
@@ -140,15 +148,12 @@ def _job(
 ) -> Any:
     """The sweep to run: `options` given on the command line first, then `settings` (preset,
     sweep.<key>=, stored study), then defaults; `where` (storage, seed, ...) as given."""
-    from nnlab import runs
     from nnlab.search_space import parse_space
     from nnlab.study import Sweep
 
     sampler = options["sampler"] or str(settings.get("sampler", "tpe"))
     pruner = options["pruner"] or str(settings.get("pruner", "median"))
     distributions, grid, fixed = parse_space(arguments)
-    metric = str(settings.get("metric", "val/acc"))
-    lower = runs.lower_is_better(metric)
     total = options["trials"] or _whole_number("sweep.trials", settings.get("trials", 20))
     if sampler == "grid":
         total = min(total, math.prod(len(v) for v in grid.values()) if grid else total)
@@ -158,8 +163,8 @@ def _job(
         grid=grid,
         fixed=fixed,
         trials=total,
-        metric=metric,
-        direction=str(settings.get("direction", ("maximize", "minimize")[lower])),
+        metric=str(settings.get("metric", "")),  # "": the task's (sweep.fit_to_task)
+        direction=str(settings.get("direction", "")),
         sampler=sampler,
         pruner=pruner,
         swept=[a for a in arguments if a not in fixed],
@@ -167,26 +172,59 @@ def _job(
     )
 
 
-def _run(job: Any, jobs: int) -> tuple[Any, Path | None]:
-    """The finished study and its best.yaml; bad settings are refused before any trial."""
+def _run(job: Any, jobs: int) -> tuple[Any, Any, bool]:
+    """The sweep scored by its task's metric, its study, and whether it stopped before its
+    end (Ctrl-C); bad settings, and a metric the task does not record, refused before any
+    trial."""
     from nnlab import study as studies
     from nnlab import sweep as sweeps
     from nnlab.storage_urls import mask_url
 
-    sweeps.check(job)
-    prepared = studies.prepare(job)  # refuses another search under this name: nothing written
+    try:
+        job = sweeps.fit_to_task(job, sweeps.check(job))
+        prepared = studies.prepare(job)  # refuses another search under this name: nothing written
+    except KeyboardInterrupt:
+        stop("[bold yellow]Sweep stopped[/] before its first trial.", 130)
     where = mask_url(job.storage) if job.storage else job.directory / studies.JOURNAL
     out.print(
         f"Sweep {job.name}: {job.trials} trials, {jobs} worker(s), {job.sampler} sampler, "
         f"{job.direction} {job.metric}. Study: {where}",
         highlight=False,
+        soft_wrap=True,
     )
     try:
-        result = sweeps.run(job, jobs, prepared)
+        return job, sweeps.run(job, jobs, prepared), False
     except KeyboardInterrupt:
-        err.print("Sweep stopped. Run the same command again to resume it.")
-        raise typer.Exit(130) from None
-    return result, sweeps.write_best(job, result)
+        return job, prepared, True
+
+
+def _best_file(job: Any, study: Any) -> Path | None:
+    from nnlab import sweep as sweeps
+
+    with user_errors():  # a full disk
+        return sweeps.write_best(job, study)
+
+
+def _finish(job: Any, study: Any, jobs: int, stopped: bool) -> None:
+    """Exit 130 with the command that resumes a stopped sweep, 1 when no trial completed."""
+    from optuna.trial import TrialState
+
+    from nnlab import study as studies
+
+    trials = study.get_trials(deepcopy=False)
+    if stopped:
+        left = studies.owed(study, job.trials)
+        stop(
+            f"[bold yellow]Sweep stopped[/] with {left} of {job.trials} trials still to run. "
+            f"Continue it with: {escape(studies.resume_command(job, jobs))}",
+            130,
+        )
+    if not any(t.state == TrialState.COMPLETE for t in trials):
+        stop(
+            f"[bold red]No trial completed[/] ({_counts(trials)}), so the sweep found nothing: "
+            f"see why above.",
+            1,
+        )
 
 
 def _print_sweep(job: Any, study: Any, best_file: Path | None) -> None:
@@ -196,16 +234,15 @@ def _print_sweep(job: Any, study: Any, best_file: Path | None) -> None:
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     done.sort(key=lambda t: t.value, reverse=job.direction == "maximize")
-    table = Table(title=f"best trials of {job.name} ({job.metric})", header_style="bold")
-    for column in ("trial", job.metric, "overrides"):
-        table.add_column(column, justify="right" if column != "overrides" else "left")
-    for t in done[:5]:
-        table.add_row(
-            str(t.number), fmt(t.value), " ".join(f"{k}={v}" for k, v in t.params.items())
-        )
-    print_wide(table)
-    states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
-    out.print(", ".join(f"{n} {s}" for s, n in states.items() if n), highlight=False)
+    if done:
+        table = Table(title=f"best trials of {job.name} ({job.metric})", header_style="bold")
+        for column in ("trial", job.metric, "overrides"):
+            table.add_column(column, justify="right" if column != "overrides" else "left")
+        for t in done[:5]:
+            params = " ".join(f"{k}={v}" for k, v in t.params.items())
+            table.add_row(str(t.number), fmt(t.value, job.metric), params)
+        print_wide(table)
+    out.print(_counts(trials), highlight=False)
     _print_failures(trials)
     if len(done) >= 2:
         _print_importances(study)
@@ -217,26 +254,46 @@ def _print_sweep(job: Any, study: Any, best_file: Path | None) -> None:
         )
 
 
-def _print_failures(trials: list[Any]) -> None:
+def _state(trial: Any) -> str:
+    """complete, pruned, failed, interrupted (a failure the sweep runs again), running, ..."""
     from optuna.trial import TrialState
 
-    reruns = {t.user_attrs.get("retry_of"): t.number for t in trials}
+    if trial.state == TrialState.FAIL:
+        return "interrupted" if trial.user_attrs.get("interrupted") else "failed"
+    return str(trial.state.name.lower())
+
+
+def _counts(trials: list[Any]) -> str:
+    """'3 complete, 1 interrupted': how many trials are in each state (but the points queued
+    to run, which the sweep counts as still to run)."""
+    states = [s for s in map(_state, trials) if s != "waiting"]
+    return ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(sorted(states))) or "0 trials"
+
+
+def _print_failures(trials: list[Any]) -> None:
+    reruns = {t.user_attrs.get("retry_of"): t for t in trials}
     for t in trials:
-        if t.state == TrialState.FAIL:
-            rerun = f"rerun as trial {reruns[t.number]}" if t.number in reruns else "will be rerun"
-            why = f"interrupted ({rerun})" if t.user_attrs.get("interrupted") else ""
-            out.print(
-                f"failed trial {t.number}: {why or t.user_attrs.get('error', '?')}",
-                highlight=False,
-                soft_wrap=True,
-            )
+        state = _state(t)
+        if state == "interrupted":
+            rerun = reruns.get(t.number)
+            ran = rerun is not None and _state(rerun) != "waiting"
+            why = f"rerun as trial {rerun.number}" if ran else "to be run again from its start"
+        elif state == "failed":
+            why = t.user_attrs.get("error", "?")
+        else:
+            continue
+        out.print(f"{state} trial {t.number}: {why}", highlight=False, soft_wrap=True)
 
 
 def _print_importances(study: Any) -> None:
+    import warnings
+
     import optuna
 
     try:
-        importances = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():  # about its estimate's method, nothing to act on
+            warnings.simplefilter("ignore")
+            importances = optuna.importance.get_param_importances(study)
         out.print(
             "parameter importances: " + ", ".join(f"{k} {v:.2f}" for k, v in importances.items()),
             highlight=False,

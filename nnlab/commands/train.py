@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from nnlab.commands import OVERRIDES_HELP
+from nnlab.commands import overrides_argument, run_argument
 from nnlab.console import (
     err,
     out,
@@ -28,7 +28,7 @@ Finished = tuple[Any, "RunSpec"]  # a run's TrainResult and the spec it was trai
 
 
 def train(
-    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    overrides: list[str] | None = overrides_argument(),
     multirun: bool = typer.Option(
         False, "-m", "--multirun", help="One run per combination of comma-separated values."
     ),
@@ -74,9 +74,11 @@ def train(
 
         show_warnings_plainly()
         plan = plan_runs(overrides or [], multirun=multirun, from_sweep=from_sweep, resume=resume)
-        from nnlab.train import process_rank
+        from nnlab.startup import process_rank
 
         rank = process_rank()  # a distributed run's other processes leave reporting to the first
+        if not rank:
+            _announce(plan)
         results = _train_all(plan, rank)
     if rank:
         return
@@ -88,13 +90,31 @@ def train(
         raise typer.Exit(1)
 
 
+def _announce(plan: Plan) -> None:
+    """One line, as soon as the config is checked, saying what is being built: loading torch and
+    Lightning takes seconds, and a terminal should not sit blank meanwhile."""
+    spec = plan.runs[0]
+    what = f"{spec.choices.get('model', '?')} on {spec.choices.get('data', '?')}"
+    if spec.resume_dir is not None:
+        line = f"Resuming {spec.resume_dir.name}: {what}"
+    elif len(plan.runs) > 1:
+        line = f"Training {len(plan.runs)} runs, the first {what}"
+    else:
+        epochs = spec.cfg.trainer.max_epochs
+        line = f"Training {what}, {epochs} epoch{'s' * (epochs != 1)}, seed {spec.cfg.seed}"
+    err.print(f"{escape(line)} …", style="dim", highlight=False, soft_wrap=True)
+
+
 def _train_all(plan: Plan, rank: int) -> list[Finished]:
     """Train each run in turn. A failure ends the command unless several runs were asked for;
     an interrupt always does, with the command that resumes the run."""
-    # looked up at call time, so a probe patched onto nnlab.train.train (benchmarks) is used
     from nnlab.errors import epochs
-    from nnlab.train import RunInterrupted, TrainingError
-    from nnlab.train import train as run_training
+    from nnlab.startup import heavy_imports
+
+    with heavy_imports():
+        # looked up at call time, so a probe patched onto nnlab.train.train (benchmarks) is used
+        from nnlab.train import RunInterrupted, TrainingError
+        from nnlab.train import train as run_training
 
     results = []
     for spec in plan.runs:
@@ -111,7 +131,7 @@ def _train_all(plan: Plan, rank: int) -> list[Finished]:
             if not rank:
                 logged = (e.run_dir / "error.log").exists()
                 shown = "Traceback and partial" if logged else "Partial"
-                err.print(f"{shown} results: {e.run_dir}", highlight=False)
+                err.print(f"{shown} results: {e.run_dir}", highlight=False, soft_wrap=True)
             if not plan.many:
                 raise typer.Exit(1) from None
         except RunInterrupted as e:
@@ -202,7 +222,8 @@ def _print_experiment(experiment: Any, results: list[Finished], output_dir: str)
     directories = all(len(group) == 1 for _, group in groups)
     table = Table(title=f"experiment {experiment.name}", header_style="bold")
     for column in [*headers, *(["run directory"] if directories else [])]:
-        table.add_column(column, justify="left" if column in ("run", "run directory") else "right")
+        left = column in ("run", "run directory")
+        table.add_column(column, justify="left" if left else "right", no_wrap=left)
     for row, (_, group) in zip(cells, groups, strict=True):
         table.add_row(*map(escape, row), *([str(group[0][0].run_dir)] if directories else []))
     print_wide(table)
@@ -216,8 +237,8 @@ def _print_experiment(experiment: Any, results: list[Finished], output_dir: str)
 
 
 def eval_(
-    target: str = typer.Argument(..., help="Run directory, run name, .ckpt file, or 'latest'."),
-    overrides: list[str] | None = typer.Argument(None, help="Overrides of the run's config."),
+    target: str = run_argument("Run directory, run name, .ckpt file, or 'latest'."),
+    overrides: list[str] | None = overrides_argument("Overrides of the run's config."),
     output_dir: Path = typer.Option(Path("outputs"), help="Where runs live."),
 ) -> None:
     """Test a trained model again; the run's saved config rebuilds it. Writes eval.json.
@@ -233,15 +254,30 @@ def eval_(
       nnlab eval latest data.root=/mnt/datasets
     """
     with user_errors():
-        from nnlab.evaluate import evaluate
+        from nnlab import run_log, runs
+        from nnlab.plan import check_saved_run
 
         show_warnings_plainly()
-        result = evaluate(target, overrides or [], str(output_dir))
+        # a run that is not there, or a mistyped override: answered before torch loads
+        home = runs.home_of(target, str(output_dir))
+        check_saved_run(target, overrides or [], str(output_dir))
+        from nnlab.startup import heavy_imports
+
+        with heavy_imports():
+            from nnlab.evaluate import evaluate
+
+        with run_log.captured(home):
+            result = evaluate(target, overrides or [], str(output_dir))
+    from nnlab.startup import process_rank
+
+    if process_rank():  # a distributed run's other processes leave reporting to the first
+        return
     keys = [*stage_keys(result.metrics, ("test/",)), "epoch", "params", "wall_time_s"]
-    table = results_table(f"eval {result.metrics['checkpoint']}", result.metrics, keys)
-    out.print(_with_intervals(table, result.metrics))
+    table = results_table("eval", result.metrics, keys)
+    print_wide(_with_intervals(table, result.metrics), out.width)
     if result.run_dir is not None:
         _print_gradient_summary(result.run_dir)
+    out.print(f"Checkpoint: {result.metrics['checkpoint']}", highlight=False, soft_wrap=True)
     out.print(f"Run directory: {result.run_dir}", highlight=False, soft_wrap=True)
 
 

@@ -19,8 +19,11 @@ POOLS: dict[int, type[nn.Module]] = {1: nn.MaxPool1d, 2: nn.MaxPool2d}
 
 
 def _conv(cin: int, cout: int, kernel: int, dims: int, bias: bool = True) -> nn.Module:
-    """A size-preserving convolution over `dims` spatial axes."""
-    return CONVS[dims](cin, cout, kernel, padding=kernel // 2, bias=bias)
+    """A size-preserving convolution over `dims` spatial axes. An even kernel needs one more
+    padding on one side than the other, which only torch's "same" does (k // 2 on both sides
+    would grow the output by one, and the classifier's input size would not match)."""
+    padding = kernel // 2 if kernel % 2 else "same"
+    return CONVS[dims](cin, cout, kernel, padding=padding, bias=bias)
 
 
 class ConvUnit(nn.Sequential):
@@ -97,6 +100,13 @@ def build_cnn(
             f"model.channels has {len(channels)} stages, and each halves the input, but the "
             f"{what.format(*spatial)}: use at most {min(spatial).bit_length() - 1} stages "
             f"(for example model.channels=[32,64])."
+        )
+    if kernel_size > min(spatial):
+        what = "signals {} long" if len(spatial) == 1 else "{}×{} images"
+        raise UserError(
+            f"model.kernel_size={kernel_size} is larger than the input ({what.format(*spatial)}): "
+            f"such a kernel sees mostly padding and is slow for nothing. Use "
+            f"model.kernel_size={min(spatial)} or less (3 or 5 are usual)."
         )
     dims = len(spatial)
     cin = input_shape[0]

@@ -19,6 +19,8 @@ from nnlab.tasks.supervised import LeanModule
 
 # torchvision's names for the four Faster R-CNN losses (RPN: objectness, rpn_box_reg).
 LOSSES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+VALIDATED = ("map", "map_50")  # the mAP scores logged each validation (val/...)
+TESTED = ("map", "map_50", "map_75", "mar_100")  # and at the test, with AP per class (test/...)
 SHOWN = 8  # validation images drawn for TensorBoard each epoch
 SHOW_SCORE = 0.5  # predictions drawn need at least this score
 TRUTH, PREDICTED = (0, 200, 0), (230, 20, 20)
@@ -188,6 +190,13 @@ class DetectionTask(LeanModule):
         self._write_step_losses()
         self._stop_if_diverged(total)
 
+    def metric_names(self) -> list[str]:
+        """The metrics a run of this task records (metrics.json): what sweep.metric may name."""
+        trained = [f"train/{name}" for name in (*LOSSES, "loss", "lr")]
+        tested = [*TESTED, *(f"ap_{name}" for name in self.class_names)]
+        validated = [f"val/{key}" for key in VALIDATED]
+        return [*trained, *validated, *(f"test/{key}" for key in tested)]
+
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         images, targets = batch
         predictions = self.model(images)
@@ -198,7 +207,7 @@ class DetectionTask(LeanModule):
     def on_validation_epoch_end(self) -> None:
         scores = self.val_map.compute()
         self.val_map.reset()
-        self.log_dict({"val/map": scores["map"], "val/map_50": scores["map_50"]}, sync_dist=True)
+        self.log_dict({f"val/{key}": scores[key] for key in VALIDATED}, sync_dist=True)
         self._log_drawings()
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
@@ -208,7 +217,7 @@ class DetectionTask(LeanModule):
     def on_test_epoch_end(self) -> None:
         scores = self.test_map.compute()
         self.test_map.reset()
-        metrics = {f"test/{key}": scores[key] for key in ("map", "map_50", "map_75", "mar_100")}
+        metrics = {f"test/{key}": scores[key] for key in TESTED}
         # AP per class, for the classes the test set has (pycocotools gives −1 to the others).
         classes = scores["classes"].reshape(-1).tolist()
         per_class = scores["map_per_class"].reshape(-1)

@@ -127,6 +127,14 @@ class GanTask(LeanModule):
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         return self._to_data(self._sample(self.model.noise(n, generator)))
 
+    def metric_names(self) -> list[str]:
+        """The metrics a run of this task records (metrics.json): what sweep.metric may name.
+        The judge's are read off its scores of two samples: only it knows what it measures."""
+        judged = self.judge(self.generate(2, seed=0)).metrics("val") if self.judge else {}
+        evaluated = ["d_real", *(name.removeprefix("val/") for name in judged)]
+        scored = [f"{stage}/{name}" for stage in ("val", "test") for name in evaluated]
+        return ["train/loss_g", "train/loss_d", *scored]
+
     # -- training ---------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         self._sums = torch.zeros(3, device=self.device)

@@ -191,6 +191,11 @@ class SupervisedTask(LeanModule):
         )
         return {f"{stage}/loss": loss_sum / n, f"{stage}/{self.score_name}": score_sum / n}
 
+    def metric_names(self) -> list[str]:
+        """The metrics a run of this task records (metrics.json): what sweep.metric may name."""
+        names = ("loss", self.score_name)
+        return [*(f"{s}/{n}" for s in ("train", "val", "test") for n in names), "train/lr"]
+
     def _schedules(self, interval: str) -> list[Any]:
         return [c.scheduler for c in self.trainer.lr_scheduler_configs if c.interval == interval]
 
