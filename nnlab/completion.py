@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import functools
 import textwrap
-from pathlib import Path
-from typing import Any
 
 import typer
-import yaml
 from rich.markup import escape
 
-from nnlab import presets, runs
+from nnlab import presets, runs, suggest
 
 # Hydra's own keys: a group choice sets them, and overriding them is refused (config.HYDRA_KEYS).
 HIDDEN = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_", "defaults"})
@@ -51,43 +48,16 @@ def choices() -> dict[str, list[Candidate]]:
 @functools.cache
 def keys() -> dict[str, dict[str, list[str]]]:
     """Prefix ('' for train.yaml's own keys, else a group) → dotted key → the group's choices
-    that have it; every key of every choice's YAML, Hydra's own keys left out."""
-    primary = _read(presets.conf_dir() / f"{presets.PRIMARY}.yaml")
+    that have it; every key of every choice's YAML (suggest.offered: the index that error
+    messages search too), Hydra's own keys left out."""
     found: dict[str, dict[str, list[str]]] = {
-        "": {key: [] for key in runs.flatten(primary) if _shown(key)}
+        "": {key: [] for key in presets.primary_keys() if _shown(key)}
     }
-    for group, names in presets.groups().items():
-        if group in READ_WHOLE:
-            continue
-        by_key: dict[str, list[str]] = {}
-        for choice in names:
-            for key in _choice_keys(group, choice):
-                if _shown(key):
-                    by_key.setdefault(key, []).append(choice)
-        found[group] = by_key
+    for dotted, choices in sorted(suggest.offered().items()):
+        group = dotted.partition(".")[0]
+        if group not in READ_WHOLE:
+            found.setdefault(group, {})[dotted] = list(choices)
     return found
-
-
-def _choice_keys(group: str, choice: str) -> list[str]:
-    """The dotted keys a choice sets (what presets.preset_node reads), with those of the same
-    group's choices its defaults list starts from (trainer=gpu is trainer=default plus its own)."""
-    path = presets.conf_dir() / group / f"{choice}.yaml"
-    raw = _read(path)
-    bases = [b for b in raw.get("defaults") or [] if b in presets.groups()[group] and b != choice]
-    found = [key for base in bases for key in _choice_keys(group, base)]
-    raw.pop("defaults", None)
-    is_global = path.read_text().lstrip().startswith("# @package _global_")
-    node = raw.get(group) if is_global else raw
-    own = runs.flatten(node, f"{group}.") if isinstance(node, dict) else {}
-    return list(dict.fromkeys([*found, *own]))
-
-
-def _read(path: Path) -> dict[str, Any]:
-    """A conf/ file as plain data, by libyaml: OmegaConf's loader takes 3 ms a file, and a TAB
-    reads every file of conf/ before it answers. Only the keys are used, never the values."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    node = yaml.load(path.read_text(), Loader=loader)
-    return node if isinstance(node, dict) else {}
 
 
 def _shown(key: str) -> bool:

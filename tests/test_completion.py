@@ -17,7 +17,7 @@ import pytest
 import typer
 from rich.text import Text
 
-from nnlab import completion, presets, runs
+from nnlab import completion, presets, runs, suggest
 from nnlab.cli import app
 
 NNLAB = Path(sys.executable).with_name("nnlab")  # the console script a shell runs
@@ -98,7 +98,8 @@ def test_keys_are_read_from_conf_not_from_a_list(tmp_path, monkeypatch):
         "# Lion [sign]: the sign of a momentum.\n_target_: x.Lion\nlr: 1e-4\nbeta3: 0.5\n"
     )
     monkeypatch.setattr(presets, "conf_dir", lambda: conf)
-    cached = (completion.choices, completion.keys, presets.preset_node)
+    cached = (completion.choices, completion.keys, presets.preset_node, presets.preset_outline)
+    cached += (suggest.choice_keys, suggest.offered)  # the key index completion shares
     for function in cached:
         function.cache_clear()
     try:
