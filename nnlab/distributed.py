@@ -7,6 +7,8 @@ to the address the machine's hostname resolves to, often a network one. Anyone o
 could then connect to a single-machine run's store: read or set its keys, stall or break the
 run. torch's public way to choose the store's address is `TCPStore(master_listen_fd=...)`, a
 socket bound beforehand; gloo's is the GLOO_SOCKET_IFNAME variable.
+
+It also settles which run directory every process of a run trains in (`agreed_run_dir`).
 """
 
 from __future__ import annotations
@@ -15,16 +17,29 @@ import atexit
 import ipaddress
 import os
 import socket
+from collections.abc import Callable, Mapping
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch.distributed as dist
 from lightning_fabric.plugins.environments import LightningEnvironment
-from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.strategies import DDPStrategy, ParallelStrategy
+
+from nnlab.errors import UserError
 
 LOOPBACK = "127.0.0.1"
 # Lightning's names for DDP -> how it starts the processes (its strategy registry's entries).
 START_METHODS = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
+# Lightning's own launcher (trainer=ddp on one machine) starts the other processes by running the
+# command again, as children of the first: they read its run directory from this variable. Its
+# value names the parent's process id too, so a copy that outlived its run (exported by hand, as
+# an old SLURM recipe did) is never taken for one.
+RUN_DIR_ENV = "NNLAB_RUN_DIR"
+# What a cluster launcher sets in each process it starts (torchrun, srun, mpirun, LSF, or the
+# variables by hand): only then is there a process group to agree on a run directory through.
+LAUNCHER_VARIABLES = ("LOCAL_RANK", "RANK", "SLURM_NTASKS", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE")
 
 
 def is_loopback(host: str) -> bool:
@@ -118,3 +133,82 @@ def single_machine_strategy(strategy: Any, num_nodes: int) -> Any:
     if num_nodes != 1 or not isinstance(strategy, str) or strategy not in START_METHODS:
         return strategy
     return LoopbackDDPStrategy(start_method=START_METHODS[strategy])
+
+
+def share_run_dir(run_dir: Path) -> None:
+    """Tell the processes Lightning's launcher is about to start (this one's children) which run
+    directory to train in; `unshare_run_dir` takes it back as the run ends."""
+    os.environ[RUN_DIR_ENV] = f"{os.getpid()}:{run_dir.resolve()}"
+
+
+def unshare_run_dir() -> None:
+    os.environ.pop(RUN_DIR_ENV, None)
+
+
+def parents_run_dir() -> Path | None:
+    """The run directory this process's parent shared with it (see RUN_DIR_ENV), if it did."""
+    owner, _, path = os.environ.get(RUN_DIR_ENV, "").partition(":")
+    return Path(path) if path and owner == str(os.getppid()) else None
+
+
+def agreed_run_dir(trainer: Mapping[str, Any], make: Callable[[], Path]) -> Path:
+    """The directory every process of a run trains in; `make` makes a new one, and only the
+    first process of a run calls it. `trainer` is the run's cfg.trainer.
+
+    Processes a cluster launcher started (srun, torchrun, ...; one per device, on any number of
+    machines) each run the whole command alone. They agree over the process group itself: it
+    is brought up now, before the trainer that needs the directory exists (Lightning then finds
+    it up and keeps it), and the first process broadcasts the path of the directory it made.
+    Not a variable: exported for the job, it outlives it, and every later run in that shell
+    would write into the one directory. Not a name derived from a job id either: torchrun's run
+    id is "none" unless one is given, and every `srun` step of a SLURM job shares its job id."""
+    inherited = parents_run_dir()
+    if inherited is not None:
+        return inherited
+    if not any(name in os.environ for name in LAUNCHER_VARIABLES):
+        return make()
+    strategy = _launched_strategy(trainer)
+    if strategy is None:
+        return make()
+    if not dist.is_initialized():  # a multirun's later runs have it already
+        strategy.setup_environment()  # the device, then the process group, as fit would
+        atexit.register(_destroy_group)  # see LoopbackDDPStrategy.setup_distributed
+    if strategy.global_rank != 0:
+        made, problem = strategy.broadcast(None)
+        if problem is not None:
+            raise UserError(f"The first process of this run could not start it: {problem}")
+        return Path(made)
+    try:
+        run_dir = make()
+    except Exception as err:
+        # the others wait for a path: they end too, with the reason, rather than hang
+        strategy.broadcast((None, str(err)))
+        raise
+    strategy.broadcast((str(run_dir.resolve()), None))
+    return run_dir
+
+
+def _launched_strategy(trainer: Mapping[str, Any]) -> ParallelStrategy | None:
+    """The strategy Lightning will train with, when it is one of several processes that a
+    cluster launcher started; None otherwise (one process, or Lightning starts the others)."""
+    strategy = single_machine_strategy(trainer["strategy"], trainer["num_nodes"])
+    try:
+        probe = pl.Trainer(
+            accelerator=trainer["accelerator"],
+            devices=trainer["devices"],
+            num_nodes=trainer["num_nodes"],
+            strategy=strategy,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+    except Exception as err:  # as train's own trainer would say it (train._assemble)
+        raise UserError(f"Bad trainer setting: {type(err).__name__}: {err}") from None
+    chosen = probe.strategy
+    if not isinstance(chosen, ParallelStrategy) or chosen.cluster_environment is None:
+        return None
+    if not chosen.cluster_environment.creates_processes_externally:
+        return None
+    chosen.set_world_ranks()
+    return chosen if chosen.world_size > 1 else None

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import itertools
 import json
+import os
+import socket
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from nnlab.errors import UserError, did_you_mean
+from nnlab.rdb_storage import open_rdb
 from nnlab.storage_urls import mask_url, scrub
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -26,6 +31,9 @@ SPACE = "space.yaml"  # the search space and the study this directory belongs to
 WORKERS = "workers"  # one lock file per live worker process
 SPACE_ATTR = "nnlab.space"  # the study user attribute holding the search space
 IDENTITY = ("distributions", "fixed", "metric", "direction")  # what makes two searches the same
+HEARTBEAT_ATTR = "nnlab.heartbeat"  # the study user attribute: its workers' heartbeat, seconds
+HEARTBEAT_S = 60  # the heartbeat of a new study in an RDB storage, unless --heartbeat
+MAX_BEAT_S = 3600  # the longest heartbeat (--heartbeat's limit)
 
 
 @dataclass
@@ -50,6 +58,8 @@ class Sweep:
     # propose the same trials
     swept: list[str] = field(default_factory=list)  # the swept overrides as typed (messages)
     resume: bool = False  # continue an existing study only; never start a new one
+    heartbeat: int | None = None  # RDB storages: seconds between a worker's heartbeats; None:
+    # the study's own (HEARTBEAT_S for a new one). A trial silent for twice that is run again.
 
     @property
     def directory(self) -> Path:
@@ -94,16 +104,21 @@ class _JournalLock:
 
 def storage_of(sweep: Sweep) -> Any:
     """The Optuna storage the sweep's study lives in (its journal file unless --storage)."""
-    import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     if sweep.storage:
-        return optuna.storages.get_storage(sweep.storage)
+        return _rdb(sweep.storage, sweep.heartbeat or HEARTBEAT_S)
     sweep.directory.mkdir(parents=True, exist_ok=True)
     journal = sweep.directory / JOURNAL
     backend = JournalFileBackend(str(journal), lock_obj=_JournalLock(journal))  # type: ignore
     return JournalStorage(backend)
+
+
+@functools.lru_cache(maxsize=8)
+def _rdb(url: str, heartbeat: int) -> Any:
+    # One storage per database and process: workers reach it for every claim and heartbeat.
+    return open_rdb(url, heartbeat_interval=heartbeat)
 
 
 def open_study(sweep: Sweep) -> Any:
@@ -117,7 +132,8 @@ def open_study(sweep: Sweep) -> Any:
         else optuna.pruners.NopPruner()
     )
     try:
-        storage = storage_of(sweep)
+        with quiet_heartbeat():
+            storage = storage_of(sweep)
         names = optuna.get_all_study_names(storage)
         if sweep.study_name in names:
             study = optuna.load_study(study_name=sweep.study_name, storage=storage, pruner=pruner)
@@ -140,8 +156,12 @@ def open_study(sweep: Sweep) -> Any:
         why = " ".join(scrub(f"{type(err).__name__}: {err}", sweep.storage).split())
         raise UserError(f"Cannot open the study storage {_where(sweep)!r}: {why}") from None
     # Workers, and a resumed sweep, must not replay the same random proposals: the seed moves
-    # with the worker index and with the trials the study already has.
+    # with the worker index and with the trials the study already has; in a database that other
+    # machines share (where worker indexes repeat), with the machine and process too.
     seed = sweep.seed + 1000 * sweep.worker + len(study.get_trials(deepcopy=False))
+    if sweep.storage:
+        seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+    seed %= 2**32  # numpy's limit
     if sweep.sampler == "tpe":
         study.sampler = optuna.samplers.TPESampler(seed=seed)
     else:
@@ -171,31 +191,57 @@ def _sweep_names(sweep: Sweep) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
-def _counts_toward_budget(trial: Any) -> bool:
+def interrupted(trial: Any, retried: set[Any]) -> bool:
+    """Whether a trial stopped before its end, to be run again: marked so (Ctrl-C, a dead
+    worker on this machine), or failed and queued again (its worker's heartbeat stopped).
+    `retried`: the numbers of the trials queued again (the retries' retry_of)."""
     from optuna.trial import TrialState
 
-    if trial.state == TrialState.FAIL:
-        return not trial.user_attrs.get("interrupted", False)
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    if trial.state != TrialState.FAIL:
+        return False
+    return bool(trial.user_attrs.get("interrupted", False)) or trial.number in retried
+
+
+def retried_numbers(trials: list[Any]) -> set[Any]:
+    """The numbers of the trials whose points were queued again (see interrupted)."""
+    return {t.user_attrs.get("retry_of") for t in trials} - {None}
 
 
 def owed(study: Any, total: int) -> int:
-    """Trials still to run: interrupted ones are retried, everything else counts."""
-    return max(0, total - sum(_counts_toward_budget(t) for t in study.get_trials(deepcopy=False)))
+    """Trials still to run: interrupted ones are retried, everything else counts (a RUNNING
+    trial included: its worker, or the one that retries it, ends it)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = retried_numbers(trials)
+    counted = (
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
+        and not interrupted(t, retried)
+        for t in trials
+    )
+    return max(0, total - sum(counted))
+
+
+def claim_lock(sweep: Sweep) -> contextlib.AbstractContextManager[None]:
+    """The lock under which trials are counted and claimed, shared by every worker of the study
+    on every machine (nnlab/claims.py says how, and why that makes --trials exact)."""
+    from nnlab.claims import claim_lock as lock
+
+    return lock(sweep.directory, sweep.storage, sweep.study_name)
 
 
 @contextlib.contextmanager
-def budget_lock(sweep: Sweep) -> Iterator[None]:
-    # Counting the owed trials and asking for a new one must be one step, or two workers could
-    # both take the last slot. A file lock makes it exact on one machine; workers on other
-    # machines (an RDB storage) may overshoot --trials by at most one trial each.
-    sweep.directory.mkdir(parents=True, exist_ok=True)
-    with open(sweep.directory / "budget.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def quiet_heartbeat() -> Iterator[None]:
+    """Optuna warns that its heartbeat is experimental and meant for Study.optimize: nnlab runs
+    ask/tell loops and beats for its trials itself (nnlab/recovery.py)."""
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+        yield
 
 
 # -- the search space's identity --------------------------------------------------------------
@@ -215,19 +261,55 @@ def space_record(sweep: Sweep) -> dict[str, Any]:
     }
 
 
-def prepare(sweep: Sweep) -> Any:
+def prepare(sweep: Sweep) -> tuple[Sweep, Any]:
     """Open the sweep's study, refusing a study or directory that holds another search before
-    anything is written; then store the search space with the study and in space.yaml."""
+    anything is written; then store the search space with the study and in space.yaml. Returns
+    the sweep with the study's heartbeat, and the study."""
     _check_directory(sweep)
     study = open_study(sweep)
-    given = space_record(sweep)
-    _refuse_other_space(sweep, _stored_record(study), given)
-    with budget_lock(sweep):  # a start of the same sweep elsewhere on this machine may race us
-        _refuse_other_space(sweep, _stored_record(study), given)
+    settled = _with_heartbeat(sweep, study)
+    if settled.heartbeat != (sweep.heartbeat or HEARTBEAT_S):  # the study's: open it with that
+        study = open_study(settled)
+    given = space_record(settled)
+    _refuse_other_space(settled, _stored_record(study), given)
+    with claim_lock(settled):  # a start of the same sweep elsewhere may race us
+        _refuse_other_space(settled, _stored_record(study), given)
         if study.user_attrs.get(SPACE_ATTR) != given:
             study.set_user_attr(SPACE_ATTR, given)
-        _write_space_file(sweep, given)
-    return study
+        _with_heartbeat(settled, study)  # refuses one another start stored meanwhile
+        if settled.storage and _stored_heartbeat(study) is None:
+            study.set_user_attr(HEARTBEAT_ATTR, settled.heartbeat)
+        _write_space_file(settled, given)
+    return settled, study
+
+
+def _with_heartbeat(sweep: Sweep, study: Any) -> Sweep:
+    """The sweep with the heartbeat its study's workers use: every worker of a study must beat
+    as often as the others expect, so the first start's --heartbeat is stored with the study."""
+    if not sweep.storage:
+        return sweep
+    stored = _stored_heartbeat(study)
+    if stored is None:
+        return replace(sweep, heartbeat=sweep.heartbeat or HEARTBEAT_S)
+    if sweep.heartbeat not in (None, stored):
+        raise _other_heartbeat(sweep, stored)
+    return replace(sweep, heartbeat=stored)
+
+
+def _stored_heartbeat(study: Any) -> int | None:
+    """The study's heartbeat; None when it has none (or one nnlab did not write: replaced)."""
+    stored = study.user_attrs.get(HEARTBEAT_ATTR)
+    valid = isinstance(stored, int) and not isinstance(stored, bool) and 0 < stored <= MAX_BEAT_S
+    return stored if valid else None
+
+
+def _other_heartbeat(sweep: Sweep, stored: Any) -> UserError:
+    return UserError(
+        f"--heartbeat {sweep.heartbeat}: study '{sweep.study_name}' ({_where(sweep)}) has its "
+        f"workers beat every {stored} s, set when it started, and all its workers must agree "
+        f"(a worker beating less often would be taken for dead). Leave --heartbeat out, or give "
+        f"--heartbeat {stored}."
+    )
 
 
 def stored_settings(
@@ -396,5 +478,6 @@ def _write_space_file(sweep: Sweep, record: dict[str, Any]) -> None:
     from nnlab import runs
 
     content = {"study": sweep.study_name, "storage": _storage_id(sweep), **record}
+    sweep.directory.mkdir(parents=True, exist_ok=True)
     with runs.written_whole(sweep.directory / SPACE) as tmp:
         tmp.write_text(yaml.safe_dump(content, sort_keys=False))

@@ -1,29 +1,34 @@
-"""Hyperparameter sweeps: worker processes that run trials of a study (nnlab/study.py) until it
-has --trials of them. Each trial is an ordinary nnlab run under outputs/sweeps/<name>/trials/.
-Each worker holds a lock file for its whole life: a RUNNING trial whose worker's lock can be
-taken belongs to a dead worker, and is run again, whenever and however that worker died."""
+"""Hyperparameter sweeps: worker processes, on one machine or many, that run trials of a study
+(nnlab/study.py) until it has exactly --trials of them (claimed under nnlab/claims.py's lock).
+Each trial is an ordinary nnlab run under outputs/sweeps/<name>/trials/. The trials of a worker
+that dies are run again by the others (nnlab/recovery.py)."""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import itertools
 import math
 import os
-import re
 import signal
-import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from nnlab import compat, locks, runs
+from nnlab import runs
 from nnlab.errors import UserError, choice_error, did_you_mean
+from nnlab.recovery import (
+    BEAT_ATTR,
+    beating,
+    first_beat,
+    reap_lock_files,
+    release_dead_trials,
+    requeue,
+    worker_lock,
+)
 from nnlab.search_space import overrides_of
 from nnlab.study import (
     BEST,
@@ -31,132 +36,92 @@ from nnlab.study import (
     PRUNERS,
     SAMPLERS,
     TRIALS,
-    WORKERS,
     Sweep,
-    budget_lock,
+    claim_lock,
     open_study,
     owed,
     prepare,
-    storage_of,
+    quiet_heartbeat,
 )
 
 INTERRUPTED = 130  # a worker process's exit code after Ctrl-C, as a shell's
 GRACE_S = 3.0  # how long stopped workers get to record their trials before they are told to stop
 
-# -- dead workers -----------------------------------------------------------------------------
-_WORKER = re.compile(r"^([A-Za-z0-9_.-]+):(\d+)(?::([0-9a-f]+))?$")  # host:pid[:token]
-
-
-@contextlib.contextmanager
-def _worker_lock(sweep: Sweep) -> Iterator[str]:
-    """Hold this worker's lock file for its whole life; yields the id its trials carry. The
-    kernel drops an flock when its process dies, even by SIGKILL, so 'can the lock be taken'
-    tells a dead worker from a live one without PIDs, timing or heartbeats. The token keeps a
-    reused PID from looking like the dead worker that had it."""
-    folder = sweep.directory / WORKERS
-    folder.mkdir(parents=True, exist_ok=True)
-    worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-    path = folder / _lock_name(worker)
-    partial = path.with_name(path.name + ".new")
-    with open(partial, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        # The file takes its real name only once locked: never seen unlocked while we live.
-        partial.replace(path)
-        try:
-            yield worker
-        finally:
-            path.unlink(missing_ok=True)  # still locked: nobody mistakes us for dead meanwhile
-
-
-def _lock_name(worker: str) -> str:
-    return worker.replace(":", "-") + ".lock"
-
-
-def _dead(sweep: Sweep, worker: Any) -> bool:
-    """Whether the worker that holds a RUNNING trial is dead. Call it under the budget lock."""
-    if worker is None:
-        # A worker names itself on its trial right after asking for it, both under the budget
-        # lock we hold: only a worker killed in between leaves a nameless RUNNING trial. With
-        # an RDB storage the trial may be a worker's on another machine: left alone.
-        return not sweep.storage
-    match = _WORKER.match(str(worker))
-    if not match or match.group(1) != socket.gethostname():
-        return False  # another machine's worker (or not nnlab's): only it knows
-    # A worker from before lock files (host:pid) left none, nor did a dead worker that cleaned
-    # up: a missing lock file is a dead worker.
-    return locks.is_free(sweep.directory / WORKERS / _lock_name(str(worker)))
-
-
-def release_dead_trials(study: Any, sweep: Sweep) -> int:
-    """Mark the RUNNING trials of dead workers on this machine as interrupted failures and queue
-    their points again, exactly once each: so a resumed sweep runs them again. Call it under
-    the budget lock; trials of live workers, here or elsewhere, are left."""
-    from optuna.trial import TrialState
-
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    released = 0
-    for trial in trials:
-        if trial.state == TrialState.RUNNING and _dead(sweep, trial.user_attrs.get("worker")):
-            # Optuna sets user attributes only through a live Trial, and this one's process is
-            # gone: the one write through the study's storage.
-            compat.set_trial_user_attr(study, trial, "interrupted", True, lambda: storage_of(sweep))
-            _requeue(study, trial.number, trial.params, retried)
-            study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-            released += 1
-    return released
-
-
-def _requeue(study: Any, number: int, params: dict[str, Any], retried: set[Any]) -> None:
-    # The retry names the trial it repeats, so a release cut short (the releaser killed before
-    # its tell) and done again does not queue the point twice.
-    if number not in retried:
-        study.enqueue_trial(params, user_attrs={"retry_of": number})
-
-
-def _reap_lock_files(sweep: Sweep) -> None:
-    """Remove the lock files dead workers on this machine left (call it under the budget lock)."""
-    folder = sweep.directory / WORKERS
-    mine = socket.gethostname() + "-"
-    for path in folder.iterdir() if folder.is_dir() else []:
-        if path.name.startswith(mine) and path.name.endswith(".lock") and locks.is_free(path):
-            path.unlink(missing_ok=True)
-
 
 # -- one worker -------------------------------------------------------------------------------
 def work(sweep: Sweep) -> None:
-    """Run trials until the study has `sweep.trials` of them; safe to run in many processes."""
-    import optuna
-    from optuna.trial import TrialState
-
+    """Run trials until the study has `sweep.trials` of them; safe to run in many processes, on
+    many machines. With an RDB storage, a worker with nothing left to claim waits for the trials
+    still running elsewhere: should one's worker die, it runs that trial again."""
     if sweep.threads:
         import torch
 
         torch.set_num_threads(sweep.threads)
     study = open_study(sweep)
-    with _worker_lock(sweep) as me:
+    with worker_lock(sweep) as me:
         while True:
-            with budget_lock(sweep):
+            with claim_lock(sweep):
                 release_dead_trials(study, sweep)  # a worker that died mid-sweep
                 if owed(study, sweep.trials) == 0:
-                    return
-                trial = study.ask(sweep.space)
-                trial.set_user_attr("worker", me)
-            try:
-                value = _objective(sweep, trial)
-            except optuna.TrialPruned:
-                study.tell(trial, state=TrialState.PRUNED)
-            except KeyboardInterrupt:
-                with _deaf_to_interrupts():  # a second Ctrl-C must not cut the record short
-                    trial.set_user_attr("interrupted", True)
-                    _requeue(study, trial.number, trial.params, set())
-                    study.tell(trial, state=TrialState.FAIL)  # a resumed sweep runs it again
-                raise
-            except Exception as err:  # a crashed or diverged trial fails alone; the sweep goes on
-                trial.set_user_attr("error", _one_line(err))
+                    if not (sweep.storage and _running(study)):
+                        return
+                    trial, beat = None, None
+                else:
+                    trial, beat = _claim(sweep, study, me)
+            if trial is None:
+                time.sleep(min(5, sweep.heartbeat or 5))
+                continue
+            with beating(sweep, beat) if beat is not None else contextlib.nullcontext():
+                _run_trial(sweep, study, trial)
+
+
+def _claim(sweep: Sweep, study: Any, me: str) -> tuple[Any, int | None]:
+    """A new trial (or a queued point) for this worker, and its heartbeat's trial id (RDB).
+    Call it under the claim lock."""
+    with quiet_heartbeat():
+        trial = study.ask(sweep.space)
+    beat = first_beat(sweep, study, trial) if sweep.storage else None
+    trial.set_user_attr("worker", me)  # named last: a nameless RUNNING trial is a dead claim
+    return trial, beat
+
+
+def _running(study: Any) -> bool:
+    """Whether a trial that a heartbeat watches is still running (on any machine)."""
+    from optuna.trial import TrialState
+
+    return any(
+        t.state == TrialState.RUNNING and BEAT_ATTR in t.user_attrs
+        for t in study.get_trials(deepcopy=False)
+    )
+
+
+def _run_trial(sweep: Sweep, study: Any, trial: Any) -> None:
+    """Run one claimed trial and record how it ended."""
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    try:
+        try:
+            value = _objective(sweep, trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        except KeyboardInterrupt:
+            with _deaf_to_interrupts(), contextlib.suppress(UpdateFinishedTrialError):
+                # A second Ctrl-C must not cut the record short; a resumed sweep reruns it.
+                trial.set_user_attr("interrupted", True)
+                requeue(study, trial.number, trial.params, set())
                 study.tell(trial, state=TrialState.FAIL)
-            else:
-                study.tell(trial, value)
+            raise
+        except Exception as err:  # a crashed or diverged trial fails alone; the sweep goes on
+            trial.set_user_attr("error", _one_line(err))
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, value)
+    except UpdateFinishedTrialError:
+        # This worker was silent for longer than the heartbeat's grace (a stalled machine), so
+        # another one failed the trial and queued it again: the rerun's result counts, once.
+        pass
 
 
 @contextlib.contextmanager
@@ -215,7 +180,10 @@ def _objective(sweep: Sweep, trial: Any) -> float:
     if sweep.metric not in metrics:
         known = sorted(k for k in metrics if "/" in k)
         raise RuntimeError(f"the run has no metric {sweep.metric} (it has {', '.join(known)})")
-    return float(metrics[sweep.metric])
+    value = float(metrics[sweep.metric])
+    if math.isnan(value):  # Optuna would fail the trial without a word of why
+        raise RuntimeError(f"{sweep.metric} is nan")
+    return value
 
 
 # -- the whole sweep --------------------------------------------------------------------------
@@ -230,6 +198,12 @@ def check(sweep: Sweep) -> list[Any]:
         raise choice_error("--pruner", sweep.pruner, PRUNERS)
     if sweep.direction and sweep.direction not in DIRECTIONS:
         raise choice_error("--direction", sweep.direction, DIRECTIONS)
+    if sweep.heartbeat is not None and not sweep.storage:
+        raise UserError(
+            f"--heartbeat {sweep.heartbeat} is for sweeps in a --storage database, whose workers "
+            f"may be on other machines. Without --storage, the workers share this machine and "
+            f"their lock files tell a dead one at once: leave --heartbeat out."
+        )
     if sweep.sampler == "grid":
         missing = [key for key in sweep.space if key not in (sweep.grid or {})]
         if missing:
@@ -333,13 +307,14 @@ def _default_metric(tasks: list[Recorded]) -> str:
 
 def run(sweep: Sweep, jobs: int, study: Any = None) -> Any:
     """Run the sweep with `jobs` worker processes; returns the study. `study`: what prepare()
-    returned, when the caller prepared the sweep already. KeyboardInterrupt when it stopped
-    (Ctrl-C, a killed worker) with trials still to run: the stopped ones are marked
-    interrupted, to be run again on resume."""
-    study = study if study is not None else prepare(sweep)
-    with budget_lock(sweep):
+    returned, when the caller prepared the sweep (the sweep prepare() returned) already.
+    KeyboardInterrupt when it stopped (Ctrl-C, a killed worker) with trials still to run: the
+    stopped ones are marked interrupted, to be run again on resume."""
+    if study is None:
+        sweep, study = prepare(sweep)
+    with claim_lock(sweep):
         release_dead_trials(study, sweep)  # a killed run of this sweep: run its trials again
-        _reap_lock_files(sweep)
+        reap_lock_files(sweep)
         if sweep.sampler == "grid" and not study.get_trials(deepcopy=False):
             keys = list(sweep.space)
             grid = itertools.product(*((sweep.grid or {})[key] for key in keys))
@@ -351,7 +326,7 @@ def run(sweep: Sweep, jobs: int, study: Any = None) -> Any:
         else:
             _run_workers(sweep, jobs)
     finally:
-        with budget_lock(sweep):
+        with claim_lock(sweep):
             # A worker that died in its last trial, or was stopped before it recorded it: the
             # summary shows that trial as interrupted, to be run again, not as running forever.
             release_dead_trials(study, sweep)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time
@@ -17,7 +16,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 import nnlab
-from nnlab import compat, run_log, runs
+from nnlab import compat, distributed, run_log, runs
 from nnlab.build import build, check_monitor
 from nnlab.callbacks.grad_flow import GradientFlow
 from nnlab.callbacks.stop_signals import StopSignals
@@ -29,11 +28,15 @@ from nnlab.plots import save_run_plots
 from nnlab.startup import process_rank
 from nnlab.tasks import gan as gan_task
 from nnlab.tasks.supervised import SupervisedTask
-from nnlab.trainer import make_trainer, plain_cuda_probe, quiet_lightning, versions
+from nnlab.trainer import (
+    check_accelerator,
+    make_trainer,
+    plain_cuda_probe,
+    quiet_lightning,
+    versions,
+)
 
 __all__ = ["Result", "RunInterrupted", "TrainingError", "process_rank", "train"]
-
-RUN_DIR_ENV = "NNLAB_RUN_DIR"
 
 
 @dataclass
@@ -70,7 +73,9 @@ def train(
         config = OmegaConf.to_container(cfg, resolve=True)
         fitted = getattr(datamodule, "fitted", {})
         record = runs.RunRecord(run_dir, config, overrides, lead, resume is not None, fitted)
-        run_log.keep_in(run_dir, lambda: record.started)  # a refused resume writes nothing
+        # A refused resume writes nothing; the first process alone writes log.txt (the others
+        # may be on other machines, whose appends to one shared file could interleave).
+        run_log.keep_in(run_dir, lambda: record.lead and record.started)
         trainer, flow, stop = _assemble(cfg, record, task, callbacks or [])
         opening = {
             "choices": choices,
@@ -98,12 +103,14 @@ def train(
 
 
 def _run_directory(cfg: DictConfig, choices: dict[str, str], runs_dir: Path | None) -> Path:
-    shared = os.environ.get(RUN_DIR_ENV)
-    if shared:
-        # a distributed run: every process trains, in the one directory the first one made
-        run_dir = Path(shared)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return run_dir
+    """A new run directory; in a distributed run, the one its first process made."""
+    check_accelerator(cfg.trainer.accelerator)  # before a cluster's processes meet on a device
+    return distributed.agreed_run_dir(
+        cfg.trainer, lambda: _new_run_directory(cfg, choices, runs_dir)
+    )
+
+
+def _new_run_directory(cfg: DictConfig, choices: dict[str, str], runs_dir: Path | None) -> Path:
     root = runs_dir or runs.runs_root(cfg.output_dir)
     name = cfg.name or f"{choices.get('model', 'model')}_{choices.get('data', 'data')}"
     try:
@@ -163,7 +170,7 @@ def _session(record: runs.RunRecord, trainer: pl.Trainer, stop: StopSignals) -> 
     sigint = signal.getsignal(signal.SIGINT)
     # Lightning's DDP launcher starts the other processes by running this command again: they
     # must find this run directory rather than make their own.
-    os.environ[RUN_DIR_ENV] = str(record.run_dir.resolve())
+    distributed.share_run_dir(record.run_dir)
     start = time.perf_counter()
     try:
         yield
@@ -187,8 +194,7 @@ def _session(record: runs.RunRecord, trainer: pl.Trainer, stop: StopSignals) -> 
             record.save()
             if record.summary["status"] == "failed":
                 _close_board(trainer, record, "failed")
-        if record.lead:
-            os.environ.pop(RUN_DIR_ENV, None)
+        distributed.unshare_run_dir()  # never to a later run of this process or its children
         # Lightning ignores further Ctrl-C while it shuts down and never restores the handler.
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, sigint)

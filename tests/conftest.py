@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from nnlab.cli import app
+from tests import postgres_server
 
 
 @pytest.fixture
@@ -26,3 +28,18 @@ def nnlab(workdir: Path) -> Callable[..., object]:
         return runner.invoke(app, list(args), catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The URL, password included, of a throwaway PostgreSQL server (tests/postgres_server.py)
+    shared by the test session and stopped at its end. Without Debian's postgresql package:
+    skipped here, but failed under CI (CI set), which installs it, so that CI never skips."""
+    try:
+        postgres_server.check_available()
+    except postgres_server.Unavailable as why:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is needed under CI (.ci/run installs it): {why}")
+        pytest.skip(f"PostgreSQL is not installed: {why}")
+    with postgres_server.postgres_server() as server:
+        yield server.url

@@ -7,6 +7,15 @@ from pathlib import Path
 
 # A couple of real epochs on the digits: enough to learn, fast enough for the default tier.
 QUICK = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
+# One epoch of two batches: a sweep trial that trains for real in about a second, for tests that
+# are about the sweep or its storage rather than the training.
+FAST_TRIAL = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_progress_bar=false",
+    "model.hidden=32",
+]
 
 
 def all_runs(workdir: Path) -> list[Path]:

@@ -23,16 +23,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from nnlab.storage_urls import mask_url, scrub
-from tests.helpers import assert_clear_error
+from tests.helpers import FAST_TRIAL, assert_clear_error
 
-# One epoch of two batches: the trials are a second each, so the tests are about the sweep.
-FAST = [
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.enable_progress_bar=false",
-    "model.hidden=32",
-]
+FAST = FAST_TRIAL
 PASSWORD = "Zq7-hunter2-SECRET"
 
 

@@ -26,7 +26,9 @@ def sweep(
     space: list[str] | None = overrides_argument(
         "Swept and fixed overrides; sweep=<name> loads conf/sweep/<name>.yaml."
     ),
-    trials: int | None = typer.Option(None, min=1, help="Total trials across all workers [20]."),
+    trials: int | None = typer.Option(
+        None, min=1, help="Total trials across all workers and machines [20]."
+    ),
     jobs: int = typer.Option(1, min=1, help="Worker processes on this machine."),
     name: str | None = typer.Option(None, help="Sweep name: outputs/sweeps/<name>/ [sweep]."),
     sampler: str | None = typer.Option(
@@ -39,6 +41,13 @@ def sweep(
         None, help="Optuna RDB URL (postgresql://..., sqlite:///...); default: a journal file."
     ),
     study: str | None = typer.Option(None, help="Study name in the storage [the sweep name]."),
+    heartbeat: int | None = typer.Option(
+        None,
+        min=1,
+        max=3600,
+        help="With --storage: seconds between a worker's signs of life; a trial silent for twice "
+        "that is run again by another worker [the study's; 60 for a new one].",
+    ),
     seed: int = typer.Option(0, help="Sampler seed."),
     output_dir: Path = typer.Option(Path("outputs"), help="Where runs and sweeps live."),
     resume: bool = typer.Option(
@@ -86,6 +95,7 @@ def sweep(
             {"trials": trials, "sampler": sampler, "pruner": pruner},
             storage=storage,
             study=study,
+            heartbeat=heartbeat,
             output_dir=str(output_dir),
             seed=seed,
             threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0,
@@ -182,7 +192,7 @@ def _run(job: Any, jobs: int) -> tuple[Any, Any, bool]:
 
     try:
         job = sweeps.fit_to_task(job, sweeps.check(job))
-        prepared = studies.prepare(job)  # refuses another search under this name: nothing written
+        job, prepared = studies.prepare(job)  # refuses another search here: nothing written
     except KeyboardInterrupt:
         stop("[bold yellow]Sweep stopped[/] before its first trial.", 130)
     where = mask_url(job.storage) if job.storage else job.directory / studies.JOURNAL
@@ -254,29 +264,38 @@ def _print_sweep(job: Any, study: Any, best_file: Path | None) -> None:
         )
 
 
-def _state(trial: Any) -> str:
-    """complete, pruned, failed, interrupted (a failure the sweep runs again), running, ..."""
+def _state(trial: Any, retried: set[Any]) -> str:
+    """complete, pruned, failed, interrupted (a failure the sweep runs again), running, ...
+    `retried`: the numbers of the trials queued again (study.retried_numbers)."""
     from optuna.trial import TrialState
 
+    from nnlab.study import interrupted
+
     if trial.state == TrialState.FAIL:
-        return "interrupted" if trial.user_attrs.get("interrupted") else "failed"
+        return "interrupted" if interrupted(trial, retried) else "failed"
     return str(trial.state.name.lower())
 
 
 def _counts(trials: list[Any]) -> str:
     """'3 complete, 1 interrupted': how many trials are in each state (but the points queued
     to run, which the sweep counts as still to run)."""
-    states = [s for s in map(_state, trials) if s != "waiting"]
+    from nnlab.study import retried_numbers
+
+    retried = retried_numbers(trials)
+    states = [s for s in (_state(t, retried) for t in trials) if s != "waiting"]
     return ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(sorted(states))) or "0 trials"
 
 
 def _print_failures(trials: list[Any]) -> None:
+    from nnlab.study import retried_numbers
+
+    retried = retried_numbers(trials)
     reruns = {t.user_attrs.get("retry_of"): t for t in trials}
     for t in trials:
-        state = _state(t)
+        state = _state(t, retried)
         if state == "interrupted":
             rerun = reruns.get(t.number)
-            ran = rerun is not None and _state(rerun) != "waiting"
+            ran = rerun is not None and _state(rerun, retried) != "waiting"
             why = f"rerun as trial {rerun.number}" if ran else "to be run again from its start"
         elif state == "failed":
             why = t.user_attrs.get("error", "?")
