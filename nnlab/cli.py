@@ -58,13 +58,12 @@ app.command(context_settings=OVERRIDES)(runs.config)
 app.command()(predict.predict)
 app.command()(predict.export)
 
-check_app = typer.Typer(
-    help="Check the library against nnlab's from-scratch math (nnlab/scratch/).",
-    no_args_is_help=True,
-    rich_markup_mode=None,
-)
+# `nnlab check` alone runs every topic (its callback); `nnlab check <topic>` runs one
+check_app = typer.Typer(rich_markup_mode=None)
+check_app.callback(invoke_without_command=True)(check.check_all)
 check_app.command("backprop", context_settings=OVERRIDES)(check.check_backprop)
-check_app.command("optim")(check.check_optim)
+for _topic in check.TOPICS:
+    check_app.command(_topic, short_help=check.SUBJECTS[_topic])(check.topic_command(_topic))
 app.add_typer(check_app, name="check")
 
 

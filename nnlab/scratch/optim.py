@@ -1,11 +1,15 @@
 """Optimizer update rules written out by hand: `nnlab check optim` compares them with
 torch.optim, and model.engine=scratch trains with them.
 
-L2 weight decay adds λw to the gradient (the derivative of λ/2·‖w‖²) before every rule:
+L2 weight decay adds λw to the gradient g (the derivative of λ/2·‖w‖²) before every rule but
+adamw, whose decay is decoupled from g:
     sgd       w ← w − η g
     momentum  v ← γ v + η g;   w ← w − v
     adam      m ← β₁m + (1−β₁)g;  s ← β₂s + (1−β₂)g²;  w ← w − η m̂ / (√ŝ + ε),
               with m̂ = m/(1−β₁ᵗ), ŝ = s/(1−β₂ᵗ)
+    rmsprop   v ← αv + (1−α)g²;  w ← w − η g / (√v + ε)
+    adamw     w ← w − ηλw, then the adam step with the raw g (torch's order: the decay uses
+              the weights before this step's Adam update)
 """
 
 from __future__ import annotations
@@ -18,13 +22,58 @@ import torch
 from torch import Tensor
 
 from nnlab.errors import UserError, choice_error
+from nnlab.scratch.checking import Row, generator, randn, relative_error
 
-RULES = ("sgd", "momentum", "adam")
+Group = dict[str, Any]  # a parameter group's settings: lr, weight_decay, betas, ...
+
+
+def sgd(w: Tensor, g: Tensor, state: dict[str, Any], group: Group) -> None:
+    w -= group["lr"] * g  # w ← w − η g
+
+
+def momentum(w: Tensor, g: Tensor, state: dict[str, Any], group: Group) -> None:
+    v = state["first"]
+    v.mul_(group["momentum"]).add_(group["lr"] * g)  # v ← γ v + η g
+    w -= v  # w ← w − v
+
+
+def adam(w: Tensor, g: Tensor, state: dict[str, Any], group: Group) -> None:
+    (beta1, beta2), t = group["betas"], state["t"]
+    m, s = state["first"], state["second"]
+    m.mul_(beta1).add_((1 - beta1) * g)  # m ← β₁m + (1−β₁)g
+    s.mul_(beta2).add_((1 - beta2) * g * g)  # s ← β₂s + (1−β₂)g²
+    m_hat = m / (1 - beta1**t)  # m̂ = m/(1−β₁ᵗ)
+    s_hat = s / (1 - beta2**t)  # ŝ = s/(1−β₂ᵗ)
+    w -= group["lr"] * m_hat / (s_hat.sqrt() + group["eps"])  # w ← w − η m̂/(√ŝ + ε)
+
+
+def rmsprop(w: Tensor, g: Tensor, state: dict[str, Any], group: Group) -> None:
+    v, alpha = state["second"], group["alpha"]
+    v.mul_(alpha).add_((1 - alpha) * g * g)  # v ← αv + (1−α)g²
+    w -= group["lr"] * g / (v.sqrt() + group["eps"])  # w ← w − η g/(√v + ε)
+
+
+def adamw(w: Tensor, g: Tensor, state: dict[str, Any], group: Group) -> None:
+    w -= group["lr"] * group["weight_decay"] * w  # w ← w − ηλw, before the Adam step
+    adam(w, g, state, group)
+
+
+# rule → its update, looked up at every step (a test swaps one for a wrong one)
+UPDATES: dict[str, Callable[[Tensor, Tensor, dict[str, Any], Group], None]] = {
+    "sgd": sgd,
+    "momentum": momentum,
+    "adam": adam,
+    "rmsprop": rmsprop,
+    "adamw": adamw,
+}
+RULES = tuple(UPDATES)
+DECOUPLED = {"adamw"}  # weight decay applied to w by the rule itself, not added to g
 
 
 class ScratchOptimizer(torch.optim.Optimizer):
     """One of RULES written out by hand; a torch.optim.Optimizer only for its bookkeeping
-    (parameter groups, state in checkpoints, learning-rate schedulers), so Lightning can step it."""
+    (parameter groups, state in checkpoints, learning-rate schedulers), so Lightning can step it.
+    Defaults are torch's: RMSprop α=0.99 (not centered, no momentum), ε=1e-8."""
 
     def __init__(
         self,
@@ -35,6 +84,7 @@ class ScratchOptimizer(torch.optim.Optimizer):
         momentum: float = 0.9,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        alpha: float = 0.99,
     ) -> None:
         if rule not in RULES:
             raise choice_error("optimizer", rule, RULES)
@@ -45,6 +95,7 @@ class ScratchOptimizer(torch.optim.Optimizer):
             "momentum": momentum,
             "betas": tuple(betas),
             "eps": eps,
+            "alpha": alpha,
         }
         super().__init__(params, defaults)
 
@@ -54,28 +105,19 @@ class ScratchOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        update = UPDATES[self.rule]
         for group in self.param_groups:
-            lr, beta1, beta2 = group["lr"], *group["betas"]
             for w in group["params"]:
                 if w.grad is None:
                     continue
-                g = w.grad + group["weight_decay"] * w
+                g = w.grad
+                if self.rule not in DECOUPLED:
+                    g = g + group["weight_decay"] * w  # L2: ∂/∂w of λ/2·‖w‖² is λw
                 state = self.state[w]
                 if not state:
                     state.update(t=0, first=torch.zeros_like(w), second=torch.zeros_like(w))
                 state["t"] += 1
-                first, second = state["first"], state["second"]
-                if self.rule == "sgd":
-                    w -= lr * g
-                elif self.rule == "momentum":
-                    first.mul_(group["momentum"]).add_(lr * g)  # v = γv + ηg
-                    w -= first
-                else:
-                    first.mul_(beta1).add_((1 - beta1) * g)
-                    second.mul_(beta2).add_((1 - beta2) * g * g)
-                    m_hat = first / (1 - beta1 ** state["t"])
-                    s_hat = second / (1 - beta2 ** state["t"])
-                    w -= lr * m_hat / (s_hat.sqrt() + group["eps"])
+                update(w, g, state, group)
         return loss
 
 
@@ -102,36 +144,53 @@ def scratch_optimizer(
     return functools.partial(ScratchOptimizer, rule=rule, **chosen)
 
 
-def check_optim(rule: str, steps: int = 10, weight_decay: float = 1e-2, seed: int = 0) -> float:
-    """Max relative difference, over `steps` updates, between the hand-written rule and
-    torch.optim on the same parameters and loss (a random least-squares problem, float64)."""
-    generator = torch.Generator().manual_seed(seed)
-    a = torch.randn(20, 8, generator=generator, dtype=torch.float64)
-    target = torch.randn(20, 3, generator=generator, dtype=torch.float64)
-    start = [torch.randn(8, 3, generator=generator, dtype=torch.float64) for _ in range(2)]
+# (rule, settings): each rule with torch's defaults and with other settings, L2 or decay on
+TORCH = {"sgd": "SGD", "momentum": "SGD", "adam": "Adam", "rmsprop": "RMSprop", "adamw": "AdamW"}
+CASES: list[tuple[str, dict[str, Any]]] = [
+    ("sgd", {"lr": 0.05}),
+    ("sgd", {"lr": 0.1, "weight_decay": 0.01}),
+    ("momentum", {"lr": 0.05, "momentum": 0.9}),
+    ("momentum", {"lr": 0.02, "momentum": 0.5, "weight_decay": 0.01}),
+    ("adam", {"lr": 0.05}),
+    ("adam", {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.01}),
+    ("rmsprop", {"lr": 0.01}),
+    ("rmsprop", {"lr": 0.02, "alpha": 0.9, "eps": 1e-6, "weight_decay": 0.01}),
+    ("adamw", {"lr": 0.05, "weight_decay": 0.01}),
+    ("adamw", {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1}),
+]
 
-    def loss(params: list[Tensor]) -> Tensor:
-        return ((a @ params[0] + (a @ params[1]).tanh() - target) ** 2).mean()
 
-    mine = [p.clone().requires_grad_(True) for p in start]
-    scratch = ScratchOptimizer(mine, rule, lr=0.05, weight_decay=weight_decay)
-    theirs = [p.clone().requires_grad_(True) for p in start]
-    reference = {
-        "sgd": lambda: torch.optim.SGD(theirs, lr=0.05, weight_decay=weight_decay),
-        "momentum": lambda: torch.optim.SGD(
-            theirs, lr=0.05, momentum=0.9, weight_decay=weight_decay
-        ),
-        "adam": lambda: torch.optim.Adam(theirs, lr=0.05, weight_decay=weight_decay),
-    }[rule]()
-    worst = 0.0
-    for _ in range(steps):
-        scratch.zero_grad()
-        loss(mine).backward()
-        scratch.step()
-        reference.zero_grad()
-        loss(theirs).backward()
-        reference.step()
-        for m, t in zip(mine, theirs, strict=True):
-            scale = t.detach().abs().max().clamp_min(1e-12)
-            worst = max(worst, float((m.detach() - t.detach()).abs().max() / scale))
-    return worst
+def check_optim(seed: int = 0, steps: int = 10) -> list[Row]:
+    """Each rule of CASES against torch.optim on the same parameters and loss (a random
+    least-squares problem through tanh, float64): one Row per (case, parameter), the relative
+    error of the parameter after `steps` updates, the worst over the steps."""
+    gen = generator(seed)
+    a, target = randn(gen, 20, 8), randn(gen, 20, 3)
+    start = {"W 8×3": randn(gen, 8, 3), "V 8×3": randn(gen, 8, 3), "b 3": randn(gen, 3)}
+
+    def cost(w: Tensor, v: Tensor, b: Tensor) -> Tensor:
+        return ((a @ w + (a @ v).tanh() + b - target) ** 2).mean()
+
+    rows = []
+    for rule, settings in CASES:
+        mine = [p.clone().requires_grad_(True) for p in start.values()]
+        theirs = [p.clone().requires_grad_(True) for p in start.values()]
+        optimizers = [
+            ScratchOptimizer(mine, rule, **settings),
+            getattr(torch.optim, TORCH[rule])(theirs, **settings),
+        ]
+        worst = [0.0] * len(start)
+        for _ in range(steps):
+            for optimizer, params in zip(optimizers, (mine, theirs), strict=True):
+                optimizer.zero_grad()
+                cost(*params).backward()
+                optimizer.step()
+            for i, (m, t) in enumerate(zip(mine, theirs, strict=True)):
+                worst[i] = max(worst[i], relative_error(m.detach(), t.detach()))
+        case = f"{rule}: " + " ".join(f"{k}={_plain(v)}" for k, v in settings.items())
+        rows += [Row(case, name, e) for name, e in zip(start, worst, strict=True)]
+    return rows
+
+
+def _plain(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
