@@ -16,10 +16,10 @@ from nnlab.errors import UserError, did_you_mean
 from nnlab.models.cnn import BUILDER as CNN
 from nnlab.models.detection import BUILDER as DETECTOR
 from nnlab.models.gan import GAN
-from nnlab.models.mlp import BackpropMLP
 from nnlab.models.rnn import BUILDER as RNN
 from nnlab.models.rnn import RecurrentNet
 from nnlab.reference import reference_judge
+from nnlab.scratch.modules import HandWritten
 from nnlab.scratch.optim import scratch_optimizer
 from nnlab.tasks.classification import ClassificationTask, classification_loss
 from nnlab.tasks.detection import DetectionTask
@@ -167,7 +167,7 @@ def _optimizer(
     """The optimizer factory (params → optimizer): torch's, or its hand-written counterpart for
     model.engine=scratch."""
     optimizer = _instantiate(node, _convert_="all")  # plain betas, no omegaconf
-    if not isinstance(model, BackpropMLP):
+    if not isinstance(model, HandWritten):
         return optimizer
     if datamodule.kind == "regression":
         raise UserError(
@@ -220,7 +220,7 @@ def _supervised_task(
             loss=cfg.loss,
             class_names=datamodule.class_names,
             # the hand-written network brings its hand-written cost (BP1) along
-            cost=model.cost if isinstance(model, BackpropMLP) else classification_loss,
+            cost=model.cost if isinstance(model, HandWritten) else classification_loss,
         )
     # The task steps the optimizer itself, several batches per Lightning step (see _trainer).
     datamodule.steps_per_execution = cfg.trainer.steps_per_execution

@@ -25,8 +25,8 @@ from nnlab import runs
 from nnlab.build import build
 from nnlab.choices import RUN_OPTIONS
 from nnlab.errors import UserError, choice_error, storage_failure
-from nnlab.models.mlp import BackpropMLP
 from nnlab.restore import load_weights, saved_preprocessing, saved_run
+from nnlab.scratch.modules import HandWritten
 from nnlab.tasks.detection import DetectionTask
 from nnlab.tasks.gan import GanTask
 from nnlab.tasks.supervised import each_batch
@@ -267,7 +267,7 @@ UNSUPPORTED = {
 
 
 def _what(network: Network) -> str:
-    return "scratch" if isinstance(network.module, BackpropMLP) else network.kind
+    return "scratch" if isinstance(network.module, HandWritten) else network.kind
 
 
 def _others(network: Network, fmt: str) -> str:

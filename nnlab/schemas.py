@@ -75,6 +75,7 @@ class CNNSchema(LayersSchema):
     residual: bool = spec()
     fc_hidden: int = spec(ge=0)
     channels_last: bool = spec()
+    engine: str = spec(choices=ENGINES)
 
 
 @dataclass
@@ -83,6 +84,7 @@ class RNNSchema(LayersSchema):
     hidden: int = spec(ge=1)
     layers: int = spec(ge=1)
     bidirectional: bool = spec()
+    engine: str = spec(choices=ENGINES)
 
 
 @dataclass

@@ -40,3 +40,21 @@ def assert_clear_error(result, expected: list[str], exit_code: int = 2) -> None:
     for fragment in expected:
         assert fragment in message
     assert "Traceback" not in result.output
+
+
+def train_both_engines(nnlab, workdir: Path, *overrides: str) -> tuple[dict, dict]:
+    """Metrics of the same run on model.engine=autograd, then on model.engine=scratch."""
+    for engine in ("autograd", "scratch"):
+        result = nnlab("train", f"model.engine={engine}", *overrides)
+        assert result.exit_code == 0, result.output
+    autograd, scratch = all_runs(workdir)[-2:]
+    assert "model.engine=scratch" in (scratch / "overrides.yaml").read_text()
+    return metrics_of(autograd), metrics_of(scratch)
+
+
+def eval_matches_training(nnlab, run: Path, trained: dict) -> None:
+    """`nnlab eval` of a finished run scores its test split exactly as training did."""
+    result = nnlab("eval", str(run))
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads((run / "eval.json").read_text())
+    assert abs(evaluated["test/acc"] - trained["test/acc"]) < 1e-9

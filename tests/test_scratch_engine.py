@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from nnlab.scratch import backprop
-from tests.helpers import QUICK, all_runs, assert_clear_error, metrics_of
+from tests.helpers import (
+    QUICK,
+    all_runs,
+    assert_clear_error,
+    eval_matches_training,
+    metrics_of,
+    train_both_engines,
+)
 
 PLAIN = ["norm=none", "model.dropout=0", "model.hidden=64", *QUICK]
 
 
 def _train_both(nnlab, workdir, *overrides: str) -> tuple[dict, dict]:
-    for engine in ("autograd", "scratch"):
-        result = nnlab("train", f"model.engine={engine}", *PLAIN, *overrides)
-        assert result.exit_code == 0, result.output
-    autograd, scratch = all_runs(workdir)[-2:]
-    assert "model.engine=scratch" in (scratch / "overrides.yaml").read_text()
-    return metrics_of(autograd), metrics_of(scratch)
+    return train_both_engines(nnlab, workdir, *PLAIN, *overrides)
 
 
 @pytest.mark.parametrize(
@@ -28,6 +28,8 @@ def _train_both(nnlab, workdir, *overrides: str) -> tuple[dict, dict]:
         ("optimizer=sgd", "loss=cross_entropy", "activation=relu"),
         ("optimizer=momentum", "optimizer.lr=0.2", "loss=mse", "activation=tanh"),
         ("optimizer=adam", "optimizer.weight_decay=1e-3", "activation=gelu"),
+        ("optimizer=rmsprop", "optimizer.alpha=0.9", "optimizer.weight_decay=1e-3"),
+        ("optimizer=adamw", "optimizer.betas=[0.8,0.99]", "optimizer.weight_decay=0.1"),
     ],
 )
 def test_scratch_engine_gives_the_autograd_metrics(nnlab, workdir, overrides):
@@ -52,10 +54,7 @@ def test_scratch_run_evaluates_to_the_same_accuracy(nnlab, workdir):
     assert result.exit_code == 0, result.output
     run = all_runs(workdir)[-1]
     trained = metrics_of(run)
-    result = nnlab("eval", str(run))
-    assert result.exit_code == 0, result.output
-    evaluated = json.loads((run / "eval.json").read_text())
-    assert evaluated["test/acc"] == pytest.approx(trained["test/acc"])
+    eval_matches_training(nnlab, run, trained)
 
 
 @pytest.mark.parametrize(
@@ -65,7 +64,14 @@ def test_scratch_run_evaluates_to_the_same_accuracy(nnlab, workdir):
             ["model.engine=scratch"],
             ["norm=batch", "model.dropout=0.1", "norm=none model.dropout=0"],
         ),
-        (["model.engine=scratch", *PLAIN[:2], "optimizer=adamw"], ["AdamW", "sgd, momentum"]),
+        (
+            ["model.engine=scratch", *PLAIN[:2], "optimizer=momentum", "optimizer.nesterov=true"],
+            ["SGD", "optimizer.nesterov=true", "optimizer.nesterov=false", "engine=autograd"],
+        ),
+        (
+            ["model.engine=scratch", *PLAIN[:2], "optimizer=rmsprop", "optimizer.momentum=0.5"],
+            ["RMSprop", "optimizer.momentum=0.5", "optimizer.momentum=0"],
+        ),
         (["model.engine=scratch", *PLAIN[:2], "data=sine"], ["real-valued targets"]),
         (["model.engine=scrach"], ["scrach", "Did you mean 'scratch'"]),
     ],

@@ -31,6 +31,7 @@ TOPICS = {
     "layernorm": "nnlab.scratch.norm:check_layernorm",
     "lstm": "nnlab.scratch.gated:check_lstm",
     "gru": "nnlab.scratch.gated:check_gru",
+    "rnn": "nnlab.scratch.gated:check_rnn",
     "residual": "nnlab.scratch.residual:check_residual",
     "optim": "nnlab.scratch.optim:check_optim",
 }
@@ -41,6 +42,7 @@ SUBJECTS = {  # each topic's help line and table title
     "layernorm": "Layer normalization: its backward pass vs autograd",
     "lstm": "An LSTM cell through time (BPTT) vs autograd",
     "gru": "A GRU cell through time (BPTT) vs autograd",
+    "rnn": "A plain (Elman) cell through time (BPTT), tanh and relu, vs autograd",
     "residual": "A residual block, derivative 1 + ∂F/∂z, vs autograd",
     "optim": "The update rules (sgd, momentum, adam, rmsprop, adamw) vs torch.optim",
 }
@@ -114,7 +116,7 @@ def check_all(ctx: typer.Context) -> None:
     """Check nnlab's from-scratch math (nnlab/scratch/) against autograd and torch.optim.
 
     Alone, `nnlab check` runs every topic (backprop, conv, pool, batchnorm, layernorm, lstm,
-    gru, residual, optim) and ends with a summary; exit 1 if any fails.
+    gru, rnn, residual, optim) and ends with a summary; exit 1 if any fails.
 
     Examples:
 

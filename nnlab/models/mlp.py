@@ -8,6 +8,7 @@ from nnlab.choices import ENGINES
 from nnlab.errors import choice_error
 from nnlab.models.layers import flat_size, make_activation, make_norm
 from nnlab.scratch import engine as scratch
+from nnlab.scratch.modules import HandWritten
 
 
 class HiddenLayer(nn.Module):
@@ -50,7 +51,7 @@ class MLP(nn.Module):
         return self.head(x)
 
 
-class BackpropMLP(MLP):
+class BackpropMLP(HandWritten, MLP):
     """An MLP of linear layers and one activation, differentiated by hand (model.engine=scratch).
     Same parameters (names, shapes, initialization) as the autograd MLP it is built like."""
 

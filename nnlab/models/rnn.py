@@ -6,9 +6,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from nnlab.choices import CELLS, RNN_NONLINEARITIES
+from nnlab.choices import CELLS, ENGINES, RNN_NONLINEARITIES
 from nnlab.errors import UserError, choice_error
 from nnlab.models.layers import make_activation, make_norm
+from nnlab.scratch.gated import ScratchGRU, ScratchLSTM, ScratchRNN
+from nnlab.scratch.modules import HandWritten, ScratchLinear
+from nnlab.scratch.norm import ScratchBatchNorm, ScratchLayerNorm
 
 BUILDER = "nnlab.models.rnn.build_rnn"  # the _target_ that builds this network
 
@@ -63,6 +66,43 @@ class RecurrentNet(nn.Module):
         return self.dropout(flat.reshape(batch, steps, width))
 
 
+class ScratchRecurrentNet(HandWritten, RecurrentNet):
+    """RecurrentNet on model.engine=scratch: its layers are nnlab/scratch's drop-ins (BPTT, the
+    norms and the head by hand) under the autograd net's parameter names, and HandWritten brings
+    the hand-written cost (BP1) for the task to train with. Sequences must all have one length."""
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        if lengths is not None:
+            raise UserError(
+                "model.engine=scratch runs BPTT over whole sequences, so it cannot read this "
+                "dataset's sequences of different lengths (packed, data.min_length < "
+                "data.length). Set data.min_length=null, or use model.engine=autograd."
+            )
+        return super().forward(x)
+
+
+# model.engine=scratch: the hand-written drop-in for each torch layer of the autograd net
+SCRATCH_CELLS = {"lstm": ScratchLSTM, "gru": ScratchGRU, "rnn": ScratchRNN}
+SCRATCH_NORMS = {"none": nn.Identity, "batch": ScratchBatchNorm, "layer": ScratchLayerNorm}
+
+
+def check_scratch(norm: str, dropout: float) -> None:
+    """Refuse, before any training, what the hand-written RNN engine does not cover."""
+    unsupported = [
+        (norm not in SCRATCH_NORMS, f"norm={norm}", "norm=none (or layer, batch)"),
+        (dropout > 0, f"model.dropout={dropout}", "model.dropout=0"),
+    ]
+    bad = [(given, fix) for wrong, given, fix in unsupported if wrong]
+    if bad:
+        raise UserError(
+            f"model=rnn model.engine=scratch runs its cells through time by hand (BPTT), "
+            f"with norm=none, layer or batch between layers and no dropout, so it cannot train "
+            f"with {', '.join(g for g, _ in bad)}. Add {' '.join(f for _, f in bad)} (for "
+            f"example `nnlab train model=rnn data=digits_seq model.engine=scratch norm=none "
+            f"model.dropout=0`), or use model.engine=autograd."
+        )
+
+
 def build_rnn(
     input_shape: tuple[int, ...],
     num_outputs: int,
@@ -75,6 +115,7 @@ def build_rnn(
     norm_groups: int = 8,
     activation: str = "relu",
     signal: bool = False,
+    engine: str = "autograd",
 ) -> RecurrentNet:
     """An RNN for (time steps, features) inputs, or for (channels, length) signals when
     `signal` (read as `length` steps of `channels` features), to class logits or regression
@@ -82,10 +123,15 @@ def build_rnn(
 
     `activation` is the nonlinearity of plain RNN cells (tanh or relu, as torch allows); LSTM and
     GRU gates have their fixed sigmoid/tanh. The defaults are conf/model/rnn.yaml's under
-    train.yaml's norm= and activation=.
+    train.yaml's norm= and activation=. engine=scratch builds the same network (same
+    parameters, same initialization) from nnlab/scratch's hand-written layers.
     """
     if cell not in CELLS:
         raise choice_error("model.cell", cell, CELLS)
+    if engine not in ENGINES:
+        raise choice_error("model.engine", engine, ENGINES)
+    if engine == "scratch":
+        check_scratch(norm, dropout)
     if len(input_shape) != 2:
         raise UserError(
             f"model=rnn needs sequence data shaped (time steps, features), or signals shaped "
@@ -104,6 +150,13 @@ def build_rnn(
             )
         kwargs["nonlinearity"] = activation
     width = hidden * (2 if bidirectional else 1)
+    if engine == "scratch":
+        # built in the autograd net's order, so one seed draws the same initial weights
+        cells = SCRATCH_CELLS[cell]
+        stack = [cells(features if i == 0 else width, hidden, **kwargs) for i in range(layers)]
+        norms = [SCRATCH_NORMS[norm](width) for _ in range(layers - 1)]
+        head = ScratchLinear(width, num_outputs)
+        return ScratchRecurrentNet(stack, norms, dropout, head, channels_first=signal)
     module = getattr(nn, cell.upper())  # nn.LSTM, nn.GRU or nn.RNN
     stack = [module(features if i == 0 else width, hidden, **kwargs) for i in range(layers)]
     norms = [make_norm(norm, (width,), norm_groups) for _ in range(layers - 1)]

@@ -23,7 +23,7 @@ import math
 from typing import Any, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from nnlab.scratch.checking import DTYPE, Row, generator, randn, relative_error
 
@@ -202,6 +202,75 @@ def gru_backward(cache: GRUCache, grad_out: Tensor, grad_h: Tensor) -> tuple[Ten
     )
 
 
+class RNNCache(NamedTuple):
+    """h_0 … h_T (N, T+1, H) and the two weight matrices: the plain cell needs nothing else."""
+
+    x: Tensor
+    h: Tensor
+    w_ih: Tensor
+    w_hh: Tensor
+
+
+def rnn_forward(
+    x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor, relu: bool
+) -> tuple[Tensor, Tensor, RNNCache]:
+    """The plain (Elman) cell, torch.nn.RNN's: all hidden states, the final h_T, the cache.
+
+    For t = 1 … T:   a_t = W_ih x_t + b_ih + W_hh h_{t−1} + b_hh      h_t = tanh(a_t) (or relu)
+    """
+    from_x = x @ w_ih.T + b_ih
+    hs = [h0]
+    for t in range(1, x.shape[1] + 1):
+        a = from_x[:, t - 1] + hs[-1] @ w_hh.T + b_hh  # a_t
+        hs.append(a.clamp_min(0) if relu else torch.tanh(a))
+    h = torch.stack(hs, dim=1)
+    return h[:, 1:], hs[-1], RNNCache(x, h, w_ih, w_hh)
+
+
+def rnn_backward(
+    cache: RNNCache, grad_out: Tensor, grad_h: Tensor, relu: bool
+) -> tuple[Tensor, ...]:
+    """∂C/∂x, ∂C/∂h_0, ∂C/∂W_ih, ∂C/∂W_hh, ∂C/∂b_ih, ∂C/∂b_hh (as gru_backward's).
+
+    For t = T … 1:
+        δ_t = ∂C/∂h_t ⊙ tanh'(a_t)        (relu: ⊙ [a_t > 0], read from h_t > 0)
+        ∂C/∂h_{t−1} = W_hhᵀ δ_t           every step multiplies by W_hh and a derivative ≤ 1:
+                                          the vanishing gradient the gated cells avoid
+    """
+    x, h, w_ih, w_hh = cache
+    deltas = torch.empty_like(h[:, 1:])
+    dh = grad_h
+    for t in range(x.shape[1], 0, -1):
+        dh = dh + grad_out[:, t - 1]  # ∂C/∂h_t
+        h_t = h[:, t]
+        deltas[:, t - 1] = dh * ((h_t > 0).to(h_t.dtype) if relu else tanh_prime(h_t))  # δ_t
+        dh = deltas[:, t - 1] @ w_hh  # ∂C/∂h_{t−1} = W_hhᵀ δ_t
+    grad_b = deltas.sum(dim=(0, 1))
+    return (
+        deltas @ w_ih,
+        dh,
+        torch.einsum("ntg,nti->gi", deltas, x),  # Σ_t δ_t x_tᵀ
+        torch.einsum("ntg,nth->gh", deltas, h[:, :-1]),  # Σ_t δ_t h_{t−1}ᵀ
+        grad_b,
+        grad_b.clone(),
+    )
+
+
+class RNNFunction(torch.autograd.Function):
+    """(relu, x, h_0, W_ih, W_hh, b_ih, b_hh) → (h_1 … h_T, h_T); backward: BPTT by hand."""
+
+    @staticmethod
+    def forward(ctx: Any, relu: bool, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        out, h_n, cache = rnn_forward(*inputs, relu=relu)
+        ctx.relu = relu
+        ctx.save_for_backward(*cache)
+        return out, h_n
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor, grad_h: Tensor) -> tuple[Tensor | None, ...]:
+        return None, *rnn_backward(RNNCache(*ctx.saved_tensors), grad_out, grad_h, ctx.relu)
+
+
 class LSTMFunction(torch.autograd.Function):
     """(x, h_0, c_0, W_ih, W_hh, b_ih, b_hh) → (h_1 … h_T, h_T, c_T); backward: BPTT by hand."""
 
@@ -233,6 +302,80 @@ class GRUFunction(torch.autograd.Function):
 PARAMS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 
 
+# ---- the engine's layers (model=rnn model.engine=scratch): autograd only calls BPTT above
+
+
+def _directions(module: nn.RNNBase) -> list[list[Tensor]]:
+    """Each direction's (W_ih, W_hh, b_ih, b_hh), forward first, under torch's names."""
+    suffixes = ["", "_reverse"] if module.bidirectional else [""]
+    return [[getattr(module, name + suffix) for name in PARAMS] for suffix in suffixes]
+
+
+def _check_layout(module: nn.RNNBase) -> None:
+    # One layer over (N, T, I) tensors is what the hand-written passes compute; the model
+    # stacks layers itself, so anything else here is a programming error, not a user's.
+    if module.num_layers != 1 or not module.batch_first or getattr(module, "proj_size", 0):
+        raise ValueError("ScratchLSTM/ScratchGRU: one layer, batch_first=True, no projection")
+
+
+class ScratchLSTM(nn.LSTM):
+    """nn.LSTM's drop-in for one batch_first layer (same parameters, names and initialization,
+    so a seed gives the same network and a state_dict moves between the engines), through
+    LSTMFunction; the reverse direction reads x.flip(1) with the *_reverse parameters."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _check_layout(self)
+
+    def forward(self, x: Tensor, hx: Any = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        zeros = x.new_zeros(x.shape[0], self.hidden_size)
+        outs, hs, cs = [], [], []
+        for d, params in enumerate(_directions(self)):
+            h0, c0 = (zeros, zeros) if hx is None else (hx[0][d], hx[1][d])
+            seq = x.flip(1) if d else x  # the reverse direction reads the steps backwards
+            out, h_n, c_n = LSTMFunction.apply(seq, h0, c0, *params)
+            outs.append(out.flip(1) if d else out)
+            hs.append(h_n)
+            cs.append(c_n)
+        return torch.cat(outs, dim=2), (torch.stack(hs), torch.stack(cs))
+
+
+class ScratchGRU(nn.GRU):
+    """nn.GRU's drop-in for one batch_first layer, through GRUFunction (as ScratchLSTM)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _check_layout(self)
+
+    def forward(self, x: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        zeros = x.new_zeros(x.shape[0], self.hidden_size)
+        outs, hs = [], []
+        for d, params in enumerate(_directions(self)):
+            seq = x.flip(1) if d else x
+            out, h_n = GRUFunction.apply(seq, zeros if hx is None else hx[d], *params)
+            outs.append(out.flip(1) if d else out)
+            hs.append(h_n)
+        return torch.cat(outs, dim=2), torch.stack(hs)
+
+
+class ScratchRNN(nn.RNN):
+    """nn.RNN's drop-in (tanh or relu) for one batch_first layer, through RNNFunction."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _check_layout(self)
+
+    def forward(self, x: Tensor, hx: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        zeros, relu = x.new_zeros(x.shape[0], self.hidden_size), self.nonlinearity == "relu"
+        outs, hs = [], []
+        for d, params in enumerate(_directions(self)):
+            seq = x.flip(1) if d else x
+            out, h_n = RNNFunction.apply(relu, seq, zeros if hx is None else hx[d], *params)
+            outs.append(out.flip(1) if d else out)
+            hs.append(h_n)
+        return torch.cat(outs, dim=2), torch.stack(hs)
+
+
 def check_lstm(seed: int = 0) -> list[Row]:
     """The hand-written LSTM against torch.nn.LSTM through autograd, in float64: the outputs,
     then ∂C/∂x, ∂C/∂h_0, ∂C/∂c_0 and every parameter's gradient, for every case in CASES."""
@@ -245,11 +388,20 @@ def check_gru(seed: int = 0) -> list[Row]:
     return _check("gru", seed)
 
 
+def check_rnn(seed: int = 0) -> list[Row]:
+    """The hand-written plain cell against torch.nn.RNN through autograd, in float64, with
+    nonlinearity tanh and relu: outputs, then every gradient, for every case in CASES."""
+    return _check("rnn_tanh", seed) + _check("rnn_relu", seed)
+
+
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}  # weight blocks stacked per cell
+
+
 def _check(cell: str, seed: int) -> list[Row]:
     gen, rows = generator(seed), []
-    gates, states = (4, ("h0", "c0")) if cell == "lstm" else (3, ("h0",))
+    gates, states = GATES[cell], ("h0", "c0") if cell == "lstm" else ("h0",)
     for n, steps, inputs, hidden in CASES:
-        case = f"N={n} T={steps} I={inputs} H={hidden}"
+        case = f"N={n} T={steps} I={inputs} H={hidden}" + (f" {cell[4:]}" if gates == 1 else "")
         scale = 1 / math.sqrt(hidden)  # torch's own initial range
         rows_of = gates * hidden  # the gates stacked, as torch stores them
         shapes = [(rows_of, inputs), (rows_of, hidden), (rows_of,), (rows_of,)]  # PARAMS' order
@@ -261,9 +413,12 @@ def _check(cell: str, seed: int) -> list[Row]:
         if cell == "lstm":
             *outputs, cache = lstm_forward(x, *initial, *params)
             mine = lstm_backward(cache, *upstream)
-        else:
+        elif cell == "gru":
             *outputs, cache = gru_forward(x, *initial, *params)
             mine = gru_backward(cache, *upstream)
+        else:
+            *outputs, cache = rnn_forward(x, *initial, *params, relu=cell == "rnn_relu")
+            mine = rnn_backward(cache, *upstream, relu=cell == "rnn_relu")
         ref_outputs, reference = _torch_reference(cell, x, initial, params, upstream)
         forward = max(map(relative_error, outputs, ref_outputs))
         rows.append(Row(case, "forward: h_t and final states", forward))
@@ -280,7 +435,11 @@ def _torch_reference(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """torch.nn.LSTM / GRU's outputs and autograd's gradients of C = Σ upstream ⊙ outputs."""
     hidden = initial[0].shape[1]
-    module = getattr(torch.nn, cell.upper())(x.shape[2], hidden, batch_first=True, dtype=DTYPE)
+    kind, _, nonlinearity = cell.partition("_")  # rnn_tanh → nn.RNN(nonlinearity="tanh")
+    options = {"nonlinearity": nonlinearity} if nonlinearity else {}
+    module = getattr(torch.nn, kind.upper())(
+        x.shape[2], hidden, batch_first=True, dtype=DTYPE, **options
+    )
     with torch.no_grad():
         for name, value in zip(PARAMS, params, strict=True):
             getattr(module, name).copy_(value)

@@ -15,6 +15,7 @@ adamw, whose decay is decoupled from g:
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -121,26 +122,52 @@ class ScratchOptimizer(torch.optim.Optimizer):
         return loss
 
 
+# torch.optim class → the hand-written rule, and the settings each rule reads besides lr and
+# weight_decay; any other setting (nesterov, amsgrad, centered, RMSprop's momentum, maximize...)
+# must be off, its torch default, since the hand-written rule would silently ignore it
+_RULE_OF = {"SGD": "sgd", "Adam": "adam", "RMSprop": "rmsprop", "AdamW": "adamw"}
+_READS = {
+    "sgd": (),
+    "momentum": ("momentum",),
+    "adam": ("betas", "eps"),
+    "adamw": ("betas", "eps"),
+    "rmsprop": ("alpha", "eps"),
+}
+
+
 def scratch_optimizer(
     optimizer: Callable[..., torch.optim.Optimizer],
 ) -> Callable[..., ScratchOptimizer]:
-    """The hand-written counterpart of a torch.optim factory, a functools.partial of SGD or Adam
-    with its settings (what optimizer= instantiates to): the same rule and settings, by hand."""
+    """The hand-written counterpart of a torch.optim factory, a functools.partial of SGD, Adam,
+    RMSprop or AdamW with its settings (what optimizer= instantiates to): the same rule and
+    settings, by hand."""
     settings = dict(getattr(optimizer, "keywords", {}))
-    name = getattr(getattr(optimizer, "func", optimizer), "__name__", type(optimizer).__name__)
-    momentum = settings.get("momentum", 0.0)
-    rule = {"SGD": "momentum" if momentum else "sgd", "Adam": "adam"}.get(name)
-    if rule is None or settings.get("nesterov") or settings.get("amsgrad"):
+    func = getattr(optimizer, "func", optimizer)
+    name = getattr(func, "__name__", type(optimizer).__name__)
+    rule = _RULE_OF.get(name)
+    if rule is None:
         raise UserError(
-            f"model.engine=scratch writes the update rule by hand for optimizer=sgd, momentum "
-            f"and adam; {name} with these settings has no hand-written rule. Pick one of those "
-            f"three, or use model.engine=autograd to train with {name}."
+            f"model.engine=scratch writes the update rule by hand for optimizer=sgd, momentum, "
+            f"adam, rmsprop and adamw; {name} has no hand-written rule. Pick one of those, or "
+            f"use model.engine=autograd to train with {name}."
         )
-    chosen = {"lr": settings["lr"], "weight_decay": settings.get("weight_decay", 0.0)}
-    if rule == "momentum":
-        chosen["momentum"] = momentum
-    if rule == "adam":
-        chosen.update(betas=tuple(settings["betas"]), eps=settings["eps"])
+    if rule == "sgd" and settings.get("momentum"):
+        rule = "momentum"
+    reads = ("lr", "weight_decay", *_READS[rule])
+    for key, value in settings.items():
+        if key not in reads and value:  # False, 0 and None are torch's defaults: harmless
+            shown, off = ("true", "false") if isinstance(value, bool) else (value, "0")
+            raise UserError(
+                f"model.engine=scratch has no hand-written rule for {name} with "
+                f"optimizer.{key}={shown}: the hand-written {rule} is torch's with {key} off. "
+                f"Set optimizer.{key}={off} to train by hand, or use model.engine=autograd "
+                f"to keep it."
+            )
+    # a setting left out takes torch's default for that class (AdamW's weight_decay is 0.01)
+    defaults = {k: v.default for k, v in inspect.signature(func).parameters.items()}
+    chosen = {key: settings.get(key, defaults[key]) for key in reads}
+    if "betas" in chosen:
+        chosen["betas"] = tuple(chosen["betas"])
     return functools.partial(ScratchOptimizer, rule=rule, **chosen)
 
 
