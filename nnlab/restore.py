@@ -185,7 +185,7 @@ def run_to_resume(
             f"checkpoint file ({target})."
         )
     runs.refuse_links(run_dir)
-    from nnlab.train import process_rank
+    from nnlab.startup import process_rank
 
     # the other processes of a distributed resume train beside the first, which holds the lock
     writer = runs.holder(run_dir) if process_rank() == 0 else None

@@ -36,7 +36,7 @@ from nnlab.trainer import (
     versions,
 )
 
-__all__ = ["Result", "RunInterrupted", "TrainingError", "process_rank", "train"]
+__all__ = ["Result", "RunInterrupted", "TrainingError", "train"]
 
 
 @dataclass

@@ -52,6 +52,15 @@ def train_both_engines(nnlab, workdir: Path, *overrides: str) -> tuple[dict, dic
     return metrics_of(autograd), metrics_of(scratch)
 
 
+def assert_same_training(scratch: dict, autograd: dict, rel: float, acc: float) -> None:
+    """Two engines' metrics of one run: losses within `rel`, accuracies at most `acc` apart
+    (one sample of the digits' 270-sample val and test splits)."""
+    for key in ("train/loss", "val/loss", "test/loss"):
+        assert abs(scratch[key] - autograd[key]) <= rel * abs(autograd[key]), key
+    for key in ("train/acc", "val/acc", "test/acc"):
+        assert abs(scratch[key] - autograd[key]) <= acc, key
+
+
 def eval_matches_training(nnlab, run: Path, trained: dict) -> None:
     """`nnlab eval` of a finished run scores its test split exactly as training did."""
     result = nnlab("eval", str(run))

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from nnlab.scratch import backprop, conv, modules
-from tests.helpers import QUICK, all_runs, assert_clear_error, eval_matches_training, metrics_of
+from tests.helpers import (
+    QUICK,
+    all_runs,
+    assert_clear_error,
+    assert_same_training,
+    eval_matches_training,
+    metrics_of,
+)
 
 # float64: the engines then agree to every digit; in float32 their rounding differs (and more
 # so with several threads, whose sums run in another order), and two epochs can drift ~1e-4
@@ -18,13 +25,6 @@ def _train(nnlab, workdir, engine: str, *overrides: str) -> dict:
     result = nnlab("train", f"model.engine={engine}", *SMALL, *overrides)
     assert result.exit_code == 0, result.output
     return metrics_of(all_runs(workdir)[-1])
-
-
-def _assert_same_training(scratch: dict, autograd: dict) -> None:
-    for key in ("train/loss", "val/loss", "test/loss"):
-        assert scratch[key] == pytest.approx(autograd[key], rel=1e-9), key
-    for key in ("train/acc", "val/acc", "test/acc"):
-        assert abs(scratch[key] - autograd[key]) <= 0.003, key  # at most one sample apart
 
 
 @pytest.mark.parametrize(
@@ -42,7 +42,7 @@ def test_scratch_cnn_gives_the_autograd_metrics(nnlab, workdir, overrides):
     autograd = _train(nnlab, workdir, "autograd", *overrides)
     scratch = _train(nnlab, workdir, "scratch", *overrides)
     assert "model.engine=scratch" in (all_runs(workdir)[-1] / "overrides.yaml").read_text()
-    _assert_same_training(scratch, autograd)
+    assert_same_training(scratch, autograd, rel=1e-9, acc=0.003)
     assert scratch["test/acc"] > 0.3  # it learned: chance is 0.1
 
 

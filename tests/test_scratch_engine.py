@@ -10,6 +10,7 @@ from tests.helpers import (
     QUICK,
     all_runs,
     assert_clear_error,
+    assert_same_training,
     eval_matches_training,
     metrics_of,
     train_both_engines,
@@ -34,10 +35,7 @@ def _train_both(nnlab, workdir, *overrides: str) -> tuple[dict, dict]:
 )
 def test_scratch_engine_gives_the_autograd_metrics(nnlab, workdir, overrides):
     autograd, scratch = _train_both(nnlab, workdir, *overrides)
-    for key in ("train/loss", "val/loss", "test/loss"):
-        assert scratch[key] == pytest.approx(autograd[key], rel=1e-4), key
-    for key in ("train/acc", "val/acc", "test/acc"):
-        assert abs(scratch[key] - autograd[key]) <= 0.003, key  # at most one sample apart
+    assert_same_training(scratch, autograd, rel=1e-4, acc=0.003)
     assert scratch["test/acc"] > 0.5  # it learned: two epochs take it well past chance (0.1)
 
 

@@ -15,6 +15,7 @@ from nnlab.choices import ENGINES
 from nnlab.errors import UserError, choice_error
 from nnlab.models.layers import make_activation, make_norm
 from nnlab.scratch import modules as scratch
+from nnlab.scratch.engine import refuse
 from nnlab.scratch.norm import ScratchBatchNorm
 
 BUILDER = "nnlab.models.cnn.build_cnn"  # the _target_ that builds this network
@@ -122,15 +123,12 @@ def _check_engine(engine: str, dropout: float) -> None:
     """UserError for what the hand-written engine cannot train, before anything is built."""
     if engine not in ENGINES:
         raise choice_error("model.engine", engine, ENGINES)
-    if engine == "autograd":
-        return
-    if dropout > 0:
-        raise UserError(
-            f"model=cnn model.engine=scratch has hand-written convolution, max-pooling, norms, "
-            f"activations and linear layers, but no dropout, so it cannot train with "
-            f"model.dropout={dropout}. Add model.dropout=0 (for example `nnlab train model=cnn "
-            f"model.engine=scratch model.dropout=0`), or use model.engine=autograd for dropout."
-        )
+    refuse(
+        [(engine == "scratch" and dropout > 0, f"model.dropout={dropout}", "model.dropout=0")],
+        "model=cnn model.engine=scratch has hand-written convolution, max-pooling, norms, "
+        "activations and linear layers, but no dropout",
+        "nnlab train model=cnn model.engine=scratch model.dropout=0",
+    )
 
 
 def _check_fits(spatial: tuple[int, ...], channels: list[int], kernel_size: int) -> None:

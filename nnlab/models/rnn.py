@@ -9,6 +9,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from nnlab.choices import CELLS, ENGINES, RNN_NONLINEARITIES
 from nnlab.errors import UserError, choice_error
 from nnlab.models.layers import make_activation, make_norm
+from nnlab.scratch.engine import refuse
 from nnlab.scratch.gated import ScratchGRU, ScratchLSTM, ScratchRNN
 from nnlab.scratch.modules import HandWritten, ScratchLinear
 from nnlab.scratch.norm import ScratchBatchNorm, ScratchLayerNorm
@@ -88,19 +89,15 @@ SCRATCH_NORMS = {"none": nn.Identity, "batch": ScratchBatchNorm, "layer": Scratc
 
 def check_scratch(norm: str, dropout: float) -> None:
     """Refuse, before any training, what the hand-written RNN engine does not cover."""
-    unsupported = [
-        (norm not in SCRATCH_NORMS, f"norm={norm}", "norm=none (or layer, batch)"),
-        (dropout > 0, f"model.dropout={dropout}", "model.dropout=0"),
-    ]
-    bad = [(given, fix) for wrong, given, fix in unsupported if wrong]
-    if bad:
-        raise UserError(
-            f"model=rnn model.engine=scratch runs its cells through time by hand (BPTT), "
-            f"with norm=none, layer or batch between layers and no dropout, so it cannot train "
-            f"with {', '.join(g for g, _ in bad)}. Add {' '.join(f for _, f in bad)} (for "
-            f"example `nnlab train model=rnn data=digits_seq model.engine=scratch norm=none "
-            f"model.dropout=0`), or use model.engine=autograd."
-        )
+    refuse(
+        [
+            (norm not in SCRATCH_NORMS, f"norm={norm}", "norm=none (or layer, batch)"),
+            (dropout > 0, f"model.dropout={dropout}", "model.dropout=0"),
+        ],
+        "model=rnn model.engine=scratch runs its cells through time by hand (BPTT), with "
+        "norm=none, layer or batch between layers and no dropout",
+        "nnlab train model=rnn data=digits_seq model.engine=scratch norm=none model.dropout=0",
+    )
 
 
 def build_rnn(

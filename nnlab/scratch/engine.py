@@ -75,16 +75,26 @@ def cost(loss: str, activation: str, logits: Tensor, target: Tensor, num_classes
 
 def check_supported(norm: str, dropout: float, residual: bool) -> None:
     """The hand-written engine covers plain layers (linear → activation) only."""
-    unsupported = [
-        (norm != "none", f"norm={norm}", "norm=none"),
-        (dropout > 0, f"model.dropout={dropout}", "model.dropout=0"),
-        (residual, "model.residual=true", "model.residual=false"),
-    ]
+    refuse(
+        [
+            (norm != "none", f"norm={norm}", "norm=none"),
+            (dropout > 0, f"model.dropout={dropout}", "model.dropout=0"),
+            (residual, "model.residual=true", "model.residual=false"),
+        ],
+        "model.engine=scratch implements the four backprop equations for plain layers "
+        "(linear → activation)",
+        "nnlab train model.engine=scratch norm=none model.dropout=0",
+    )
+
+
+def refuse(unsupported: list[tuple[bool, str, str]], covers: str, example: str) -> None:
+    """UserError, before anything is built, naming every setting a scratch engine cannot train
+    with: `unsupported` holds (is it set?, the setting as given, the setting to use instead);
+    `covers` says what the engine does, `example` a command that trains with it."""
     bad = [(given, fix) for wrong, given, fix in unsupported if wrong]
     if bad:
         raise UserError(
-            f"model.engine=scratch implements the four backprop equations for plain layers "
-            f"(linear → activation), so it cannot train with {', '.join(g for g, _ in bad)}. "
-            f"Add {' '.join(f for _, f in bad)} (for example `nnlab train model.engine=scratch "
-            f"norm=none model.dropout=0`), or use model.engine=autograd for this model."
+            f"{covers}, so it cannot train with {', '.join(g for g, _ in bad)}. Add "
+            f"{' '.join(f for _, f in bad)} (for example `{example}`), or use "
+            f"model.engine=autograd."
         )
